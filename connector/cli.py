@@ -1,0 +1,150 @@
+"""The ``mms-connector`` command line."""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+
+import click
+
+from .config import ConfigError, find_config_file, load_config
+
+config_option = click.option(
+    "--config", "config_path", default=None, metavar="FILE",
+    help="Config file (default: config.yaml, then config.example.yaml).")
+
+
+def _load(config_path: str | None):
+    try:
+        return load_config(find_config_file(config_path))
+    except ConfigError as exc:
+        click.echo(f"Config {exc.path or ''} is not valid:", err=True)
+        for e in exc.errors:
+            click.echo(f"  {e}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+def main() -> None:
+    """Log Aircall MMS/SMS into HubSpot and Salesforce; send MMS from the CRM."""
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Listen address (default: server.host).")
+@click.option("--port", default=None, type=int, help="Listen port (default: server.port).")
+@click.option("--no-worker", is_flag=True, help="Serve webhooks only; run workers separately.")
+def serve(config_path, host, port, no_worker):
+    """Run the web app and (unless --no-worker) a worker in one process."""
+    from waitress import serve as waitress_serve
+
+    from .runtime import Runtime, setup_logging
+    from .web import create_app
+
+    cfg = _load(config_path)
+    setup_logging(cfg)
+    rt = Runtime(cfg)
+    app = create_app(cfg, rt)
+    worker = None
+    if not no_worker:
+        worker = rt.worker()
+        worker.start()
+    host = host or cfg.server.host
+    port = port or cfg.server.port
+    click.echo(f"mms-connector listening on http://{host}:{port} (config {cfg.source}, "
+               f"targets: {', '.join(f'{t}={getattr(cfg, t).mode}' for t in cfg.targets()) or 'none'})")
+    try:
+        waitress_serve(app, host=host, port=port, threads=cfg.server.threads, ident="mms-connector",
+                       _quiet=True)
+    finally:
+        if worker:
+            worker.stop()
+
+
+@main.command()
+@config_option
+def worker(config_path):
+    """Run workers only (scaled-out mode: any number of these, on any machine)."""
+    import signal
+    import threading
+
+    from .runtime import Runtime, setup_logging
+
+    cfg = _load(config_path)
+    setup_logging(cfg)
+    rt = Runtime(cfg)
+    w = rt.worker()
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    w.start()
+    click.echo(f"mms-connector worker running ({cfg.worker.threads} threads, store {cfg.store.url.split('://')[0]})")
+    done.wait()
+    w.stop()
+
+
+@main.command()
+@config_option
+def check(config_path):
+    """Validate the config file and the mapping files it names."""
+    from .mapping import MappingError
+    from .pipeline.writers import load_mapping
+
+    cfg = _load(config_path)
+    errors: list[str] = []
+    for name in cfg.targets():
+        try:
+            load_mapping(cfg, name)
+        except MappingError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        click.echo(f"{len(errors)} error(s):", err=True)
+        for e in errors:
+            click.echo(f"  {e}", err=True)
+        sys.exit(1)
+    click.echo(f"{cfg.source}: OK (targets: {', '.join(cfg.targets()) or 'none'})")
+
+
+def _parse_since(value: str | None) -> float | None:
+    if not value:
+        return None
+    from .events import parse_timestamp
+    dt = parse_timestamp(value)
+    if dt is None:
+        raise click.BadParameter("use ISO 8601 (2026-11-26T10:00:00Z) or epoch seconds", param_hint="--since")
+    return dt.timestamp()
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--limit", default=50, show_default=True, help="How many events, newest first.")
+@click.option("--state", default=None, type=click.Choice(["pending", "retrying", "delivered", "dry-run", "dead", "skipped"]))
+@click.option("--crm", default=None, type=click.Choice(["hubspot", "salesforce"]))
+@click.option("--since", default=None, help="Only events received at or after this time.")
+@click.option("--number", default=None, help="Only events with this external number (any format).")
+def events(config_path, as_json, limit, state, crm, since, number):
+    """List stored message events, newest first, with each CRM's delivery state."""
+    from .phones import to_e164
+    from .store import Store
+
+    cfg = _load(config_path)
+    from .runtime import Runtime
+    store: Store = Runtime(cfg).store
+    if number:
+        number = to_e164(number) or number
+    rows = store.list_events(limit=limit, state=state, target=crm, since=_parse_since(since), number=number)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no events")
+        return
+    for r in rows:
+        targets = " ".join(f"{k}={v['state']}" for k, v in sorted(r["targets"].items()))
+        click.echo(f"{r['received_at']}  {r['event']:<24} {r['direction']:<8} {r['status']:<9} "
+                   f"{r['external_number']:<16} {r['message_id']}  {targets}")
+
+
+if __name__ == "__main__":
+    main()

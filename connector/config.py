@@ -1,0 +1,207 @@
+"""Load and validate the connector's YAML config.
+
+Secrets are written as ``${ENV_VAR}`` (or ``${ENV_VAR:-default}``) references and
+resolved at load time; every error names the key path and what is wrong.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_FILES = ("config.yaml", "config.example.yaml")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; ``errors`` lists ``key.path: what is wrong``."""
+
+    def __init__(self, errors: list[str], path: str | None = None):
+        self.errors = errors
+        self.path = path
+        super().__init__("\n".join(errors))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    threads: int = Field(8, ge=1, le=256)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    public_base_url: str = "http://127.0.0.1:8080"
+
+
+class StoreConfig(_Section):
+    url: str = "sqlite:///data/connector.db"
+
+
+class QueueConfig(_Section):
+    # Empty: workers poll the store (embedded default). redis://... : scaled-out mode.
+    url: str = ""
+
+
+class WorkerConfig(_Section):
+    threads: int = Field(2, ge=1, le=64)
+    poll_interval: float = Field(0.5, gt=0, le=60)
+    lease_seconds: int = Field(120, ge=5)
+    sweep_interval: float = Field(15, gt=0)
+    max_attempts: int = Field(10, ge=1)
+    backoff_initial: float = Field(2, gt=0)
+    backoff_max: float = Field(900, gt=0)
+
+
+class AircallConfig(_Section):
+    webhook_tokens: list[str] = Field(default_factory=list)
+    api_base_url: str = "https://api.aircall.io/v1"
+    api_id: str = ""
+    api_token: str = ""
+    oauth_token: str = ""
+
+    @field_validator("webhook_tokens")
+    @classmethod
+    def _non_empty_tokens(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one webhook token is required")
+        for t in v:
+            if not t:
+                raise ValueError("a webhook token is empty (is its environment variable set?)")
+        return v
+
+
+class UnknownNumberPolicy(_Section):
+    action: Literal["create", "skip"] = "skip"
+
+
+class HubSpotConfig(_Section):
+    mode: Literal["live", "dry-run", "off"] = "dry-run"
+    base_url: str = "https://api.hubapi.com"
+    access_token: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    refresh_token: str = ""
+    mapping: str = "mappings/hubspot.yaml"
+    model_config = ConfigDict(extra="allow")
+
+
+class SalesforceConfig(_Section):
+    mode: Literal["live", "dry-run", "off"] = "dry-run"
+    instance_url: str = ""
+    mapping: str = "mappings/salesforce.yaml"
+    model_config = ConfigDict(extra="allow")
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = Field(False, alias="json")
+
+
+class Config(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    aircall: AircallConfig
+    hubspot: HubSpotConfig = Field(default_factory=HubSpotConfig)
+    salesforce: SalesforceConfig = Field(default_factory=SalesforceConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    time_zone: str = "UTC"
+
+    # Where the file was read from; relative paths (mappings, sqlite) resolve against it.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    source: str = Field(default="", exclude=True)
+
+    def targets(self) -> list[str]:
+        """CRMs that receive message events (mode live or dry-run)."""
+        return [n for n in ("hubspot", "salesforce") if getattr(self, n).mode != "off"]
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _substitute(node: Any, path: str, errors: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def repl(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            value = os.environ.get(name)
+            if value is None or value == "":
+                if default is not None:
+                    return default
+                errors.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return value
+
+        return _ENV_REF.sub(repl, node)
+    return node
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def find_config_file(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    for name in DEFAULT_CONFIG_FILES:
+        if Path(name).exists():
+            return Path(name)
+    return Path(DEFAULT_CONFIG_FILES[0])
+
+
+def load_config(path: str | Path | None = None, data: dict | None = None) -> Config:
+    """Read, substitute and validate a config file (or an already-parsed dict)."""
+    source = str(path) if path is not None else "<dict>"
+    if data is None:
+        p = find_config_file(str(path) if path else None)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{p}: cannot read config file ({exc.strerror or exc})"], source)
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+            raise ConfigError([f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})"], source)
+        base_dir = p.resolve().parent
+    else:
+        base_dir = Path(".").resolve()
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): must be a mapping of sections"], source)
+    errors: list[str] = []
+    data = _substitute(data, "", errors)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = _format_loc(err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            errors.append(f"{loc}: {msg}")
+    if errors:
+        # One error per key path: the first message is the useful one.
+        seen: dict[str, str] = {}
+        for e in errors:
+            seen.setdefault(e.split(":", 1)[0], e)
+        raise ConfigError(list(seen.values()), source)
+    cfg.base_dir = base_dir
+    cfg.source = source
+    return cfg

@@ -1,0 +1,93 @@
+"""What every CRM writer implements, and the errors that steer retries.
+
+A writer turns one MessageEvent into one CRM entry (create, or update the entry it
+created before). It raises TransientError / RateLimited for the pipeline to retry
+later, PermanentError to dead-letter, and returns an Outcome otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from ..config import Config
+from ..events import KIND_INBOUND, KIND_OUTBOUND, KIND_STATUS, INBOUND, MessageEvent, status_advances
+from ..mapping import Mapping
+from ..render import MediaView, build_context
+
+
+class WriteError(Exception):
+    pass
+
+
+class TransientError(WriteError):
+    """Try again later (5xx, timeout, connection reset); ``retry_after`` in seconds if known."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(TransientError):
+    """The CRM asked us to stop until ``retry_after`` seconds from now; not a failed attempt."""
+
+
+class PermanentError(WriteError):
+    """The CRM refused the entry; retrying cannot help. Goes to the dead letters."""
+
+
+@dataclass
+class Outcome:
+    state: str  # delivered | dry-run | skipped
+    rendered: Any = None
+    result: dict = field(default_factory=dict)
+
+
+@dataclass
+class DeliveryContext:
+    store: Any  # connector.store.Store
+    config: Config
+    media: list[MediaView]
+    download_all_link: str = ""
+
+
+class Writer(Protocol):
+    name: str
+
+    def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome: ...
+
+
+def entry_kind(event: MessageEvent, operation: str) -> str:
+    """Mapping entry for this write: a create uses the message's direction, an update 'status'."""
+    if operation == "update":
+        return KIND_STATUS
+    return KIND_INBOUND if event.direction == INBOUND else KIND_OUTBOUND
+
+
+def template_context(event: MessageEvent, ctx: DeliveryContext, record: dict | None = None) -> dict:
+    return build_context(event, ctx.media, download_all_link=ctx.download_all_link,
+                         record=record, time_zone=ctx.config.time_zone)
+
+
+Renderer = Callable[[MessageEvent, DeliveryContext, str, Mapping], dict]
+
+
+class DryRunWriter:
+    """Renders exactly what the live writer would send and records it instead."""
+
+    def __init__(self, name: str, object_type: str, renderer: Renderer, mapping: Callable[[], Mapping]):
+        self.name = name
+        self.object_type = object_type
+        self.renderer = renderer
+        self.mapping = mapping
+
+    def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome:
+        rec = ctx.store.get_record(self.name, event.message_id)
+        if rec and not status_advances(rec["status"], event.status):
+            return Outcome("dry-run", rendered=None,
+                           result={"unchanged": f"entry already shows status {rec['status']}"})
+        operation = "update" if rec else "create"
+        entry = self.renderer(event, ctx, operation, self.mapping())
+        ctx.store.save_record(self.name, event.message_id, object_type=self.object_type,
+                              object_id=(rec or {}).get("object_id") or f"dry-run-{event.message_id}",
+                              status=event.status)
+        return Outcome("dry-run", rendered=entry, result={"operation": operation})

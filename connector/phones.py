@@ -1,0 +1,59 @@
+"""Phone numbers: E.164 normalization and display formats (phonenumbers)."""
+from __future__ import annotations
+
+import phonenumbers
+
+DEFAULT_REGION = "US"
+
+
+def to_e164(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
+    """'(415) 555-0142', '+1 415 555 0142', '14155550142' -> '+14155550142'.
+
+    Bare digits that already carry a country code (Aircall's ``raw_digits``) are tried
+    with a leading '+' first. Returns None when the input is not a plausible number.
+    """
+    if not raw or not isinstance(raw, str):
+        return None
+    s = raw.strip()
+    if not s:
+        return None
+    candidates = [s]
+    digits = "".join(ch for ch in s if ch.isdigit())
+    if not s.startswith("+") and digits and len(digits) > 10:
+        candidates.insert(0, "+" + digits)
+    for cand in candidates:
+        try:
+            num = phonenumbers.parse(cand, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_possible_number(num):
+            return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+def region_of(e164: str) -> str | None:
+    """ISO country code of an E.164 number ('US', 'CA', 'AU'), or None."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(e164, None))
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def national(e164: str) -> str:
+    try:
+        num = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return e164
+    return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.NATIONAL)
+
+
+def international(e164: str) -> str:
+    try:
+        num = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return e164
+    return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+
+
+def digits(e164: str) -> str:
+    return "".join(ch for ch in e164 if ch.isdigit())

@@ -1,0 +1,1 @@
+"""The worker side: claim due deliveries, render, write to the CRM, record the outcome."""

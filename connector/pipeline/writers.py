@@ -1,0 +1,27 @@
+"""Build the writer for each CRM from its config section and mapping file."""
+from __future__ import annotations
+
+from ..config import Config
+from ..crm import hubspot, salesforce
+from ..crm.base import DryRunWriter, Writer
+from ..mapping import Mapping
+
+RENDERERS = {hubspot.NAME: (hubspot.render, "communications"),
+             salesforce.NAME: (salesforce.render, "Task")}
+
+
+def load_mapping(config: Config, name: str) -> Mapping:
+    return Mapping.load(config.resolve(getattr(config, name).mapping), name)
+
+
+def build_writers(config: Config) -> dict[str, Writer]:
+    writers: dict[str, Writer] = {}
+    for name in config.targets():
+        section = getattr(config, name)
+        mapping = load_mapping(config, name)
+        if section.mode == "dry-run":
+            renderer, object_type = RENDERERS[name]
+            writers[name] = DryRunWriter(name, mapping.object or object_type, renderer, lambda m=mapping: m)
+        else:
+            raise NotImplementedError(f"{name}.mode: live mode is not available yet")
+    return writers

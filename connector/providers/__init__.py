@@ -1,0 +1,4 @@
+"""Provider adapters: parse and authenticate inbound webhooks, send messages."""
+from . import aircall
+
+PARSERS = {aircall.NAME: aircall.parse}

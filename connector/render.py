@@ -1,0 +1,145 @@
+"""What a sales rep reads: the template variables and the built-in message bodies.
+
+``build_context`` is the documented variable set mapping templates render over.
+The bodies follow the MMS article: up to 4 previews, a "+N more" counter, a link to
+every attachment, one "Download all" link, and an alert for media that cannot be
+received. Phone-supplied text is escaped in the HTML body (Jinja autoescape).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, StrictUndefined
+from markupsafe import Markup
+
+from . import phones
+from .events import STATUS_LABELS, MessageEvent
+
+MAX_PREVIEWS = 4
+UNSUPPORTED_ALERT = "Some media cannot be received due to unsupported format."
+SUPPORTED_TYPES = {"image/png", "image/jpeg", "image/gif", "application/pdf"}
+
+
+@dataclass
+class MediaView:
+    """One attachment as the CRM entry shows it."""
+    name: str
+    type: str
+    link: str
+    size: int | None = None
+    supported: bool = True
+    available: bool = True
+    reason: str = ""
+
+    @property
+    def is_image(self) -> bool:
+        return self.type.startswith("image/")
+
+
+def default_media_views(event: MessageEvent) -> list[MediaView]:
+    """Before media is fetched: provider links, support judged by the declared type."""
+    views = []
+    for i, m in enumerate(event.media, 1):
+        ctype = (m.content_type or "").split(";")[0].strip().lower()
+        if ctype == "image/jpg":
+            ctype = "image/jpeg"
+        views.append(MediaView(name=m.file_name or f"attachment-{i}", type=ctype, link=m.url,
+                               supported=ctype in SUPPORTED_TYPES,
+                               reason="" if ctype in SUPPORTED_TYPES else "unsupported format"))
+    return views
+
+
+def build_context(event: MessageEvent, media: list[MediaView], *, download_all_link: str = "",
+                  record: dict | None = None, time_zone: str = "UTC") -> dict:
+    tz = ZoneInfo(time_zone)
+    local_time: datetime = event.occurred_at.astimezone(tz)
+    offered = [m for m in media if m.supported and m.available]
+    previews = offered[:MAX_PREVIEWS]
+    ctx = {
+        "provider": event.provider,
+        "event": event.event,
+        "kind": event.kind,
+        "message": {
+            "id": event.message_id,
+            "direction": event.direction,
+            "status": event.status,
+            "status_label": STATUS_LABELS.get(event.status, event.status.title()),
+            "provider_status": event.provider_status,
+            "channel": event.channel,
+            "text": event.text,
+            "time": local_time,
+            "time_iso": local_time.isoformat(timespec="seconds"),
+            "timestamp_ms": event.occurred_at_ms,
+            "date": local_time.date().isoformat(),
+        },
+        "line": {
+            "e164": event.line,
+            "national": phones.national(event.line) if event.line else "",
+            "name": event.line_name,
+            "country": event.line_country,
+        },
+        "external": {
+            "e164": event.external,
+            "national": phones.national(event.external),
+            "international": phones.international(event.external),
+        },
+        "record": record or {"id": None, "type": None},
+        "media": [asdict(m) | {"is_image": m.is_image} for m in media],
+        "media_count": len(media),
+        "previews": [asdict(m) | {"is_image": m.is_image} for m in previews],
+        "more_count": max(0, len(offered) - MAX_PREVIEWS),
+        "unsupported_count": sum(1 for m in media if not (m.supported and m.available)),
+        "has_unsupported": any(not (m.supported and m.available) for m in media),
+        "unsupported_alert": UNSUPPORTED_ALERT,
+        "download_all_link": download_all_link if offered else "",
+    }
+    ctx["body_html"] = Markup(_HTML.render(**ctx).strip())
+    ctx["body_text"] = _TEXT.render(**ctx).strip()
+    return ctx
+
+
+_env_html = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_env_text = Environment(autoescape=False, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+_HTML = _env_html.from_string("""
+<p><strong>{{ 'MMS' if message.channel == 'mms' else 'SMS' }} {{ 'received from' if message.direction == 'inbound' else 'sent to' }} {{ external.e164 }}</strong> {{ 'on' if message.direction == 'inbound' else 'from' }} line {{ line.name ~ ' ' if line.name }}{{ line.e164 }} &middot; {{ message.status_label }}</p>
+{% if message.text %}<p>{{ message.text }}</p>{% endif %}
+{% if previews %}
+<p>{% for m in previews %}{% if m.is_image %}<a href="{{ m.link }}"><img src="{{ m.link }}" alt="{{ m.name }}" width="120"></a>{% else %}<a href="{{ m.link }}">{{ m.name }}</a>{% endif %} {% endfor %}{% if more_count %}<strong>+{{ more_count }} more</strong>{% endif %}</p>
+{% endif %}
+{% if media %}
+<p>Attachments ({{ media_count }}):</p>
+<ul>
+{% for m in media %}
+{% if m.supported and m.available %}<li><a href="{{ m.link }}">{{ m.name }}</a> ({{ m.type }})</li>
+{% else %}<li>{{ m.name }}: cannot be received</li>
+{% endif %}
+{% endfor %}
+</ul>
+{% if download_all_link %}<p><a href="{{ download_all_link }}">Download all</a></p>{% endif %}
+{% if has_unsupported %}<p>&#9888; {{ unsupported_alert }}</p>{% endif %}
+{% endif %}
+""")
+
+_TEXT = _env_text.from_string("""
+{{ 'MMS' if message.channel == 'mms' else 'SMS' }} {{ 'received from' if message.direction == 'inbound' else 'sent to' }} {{ external.e164 }} {{ 'on' if message.direction == 'inbound' else 'from' }} line {{ line.name ~ ' ' if line.name }}{{ line.e164 }} - {{ message.status_label }}
+{% if message.text %}
+
+{{ message.text }}
+{% endif %}
+{% if media %}
+
+Attachments: {{ media_count }}
+{% for m in media %}
+{% if m.supported and m.available %}- {{ m.name }}: {{ m.link }}
+{% else %}- {{ m.name }}: cannot be received
+{% endif %}
+{% endfor %}
+{% if download_all_link %}Download all: {{ download_all_link }}
+{% endif %}
+{% if has_unsupported %}{{ unsupported_alert }}
+{% endif %}
+{% endif %}
+""")

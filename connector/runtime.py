@@ -1,0 +1,41 @@
+"""Wires config, store, writers and worker together for the web app and the CLI."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from .config import Config
+from .pipeline.worker import Pipeline, Worker
+from .pipeline.writers import build_writers
+from .store import Store
+
+
+class Runtime:
+    def __init__(self, config: Config):
+        self.config = config
+        url = config.store.url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+            # Relative SQLite paths are relative to the config file, not the shell's cwd.
+            url = "sqlite:///" + str(config.resolve(url[len("sqlite:///"):]))
+        self.store = Store(url)
+        self.store.create_schema()
+        self.wake_event = threading.Event()
+        self._pipeline: Pipeline | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self.config, self.store, build_writers(self.config))
+        return self._pipeline
+
+    def wake(self) -> None:
+        """Nudge in-process workers that new work is stored."""
+        self.wake_event.set()
+
+    def worker(self) -> Worker:
+        return Worker(self.config, self.store, self.pipeline, self.wake_event)
+
+
+def setup_logging(config: Config) -> None:
+    logging.basicConfig(level=config.logging.level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -1,0 +1,345 @@
+"""The durable store: inbox of webhook events, per-CRM deliveries, record map.
+
+The inbox, not a queue, is the source of truth. A webhook commits one inbox row and
+its delivery rows in one transaction; workers claim due deliveries with a lease, and
+a delivery whose lease ran out (its worker died) is simply claimable again.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sqlalchemy import (
+    Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
+    and_, create_engine, event, func, or_, select, text, update,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+inbox = Table(
+    "inbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedup_key", String(300), nullable=False, unique=True),
+    Column("provider", String(40), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("event", String(60), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("direction", String(10), nullable=False),
+    Column("external", String(40), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("occurred_at", Float, nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_inbox_message", "provider", "message_id"),
+    Index("ix_inbox_received", "received_at"),
+)
+
+# States a delivery moves through.
+PENDING, RETRYING, DELIVERED, DRY_RUN, DEAD, SKIPPED = (
+    "pending", "retrying", "delivered", "dry-run", "dead", "skipped")
+OPEN_STATES = (PENDING, RETRYING)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("inbox_id", Integer, nullable=False),
+    Column("target", String(20), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("rendered", Text, nullable=True),
+    Column("result", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("inbox_id", "target", name="uq_delivery_inbox_target"),
+    Index("ix_deliveries_due", "state", "next_at"),
+    Index("ix_deliveries_message", "target", "message_id"),
+)
+
+# Our message id -> the CRM record that shows it: written with the outcome, so a
+# retry updates the record instead of creating a second one.
+crm_records = Table(
+    "crm_records", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(20), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("object_type", String(80), nullable=False, default=""),
+    Column("object_id", String(80), nullable=True),
+    Column("status", String(20), nullable=True),
+    Column("data", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("target", "message_id", name="uq_crm_record"),
+)
+
+# Contacts the connector matched or created, per number: CRM search indexes lag
+# behind creates, so a burst from a new number must not create duplicates.
+contacts = Table(
+    "contacts", metadata,
+    Column("target", String(20), primary_key=True),
+    Column("phone", String(40), primary_key=True),
+    Column("record_type", String(40), nullable=False),
+    Column("record_id", String(80), nullable=True),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+@dataclass
+class Delivery:
+    id: int
+    inbox_id: int
+    target: str
+    message_id: str
+    state: str
+    attempts: int
+    payload: dict
+    lease_owner: str
+    provider: str = "aircall"
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Driver autocommit off-switch, so BEGIN below is ours (SQLAlchemy's pysqlite recipe).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # IMMEDIATE: take the write lock up front, so two writers never deadlock upgrading.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10},
+                               pool_size=16, max_overflow=16)
+        _sqlite_pragmas(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def _insert(table: Table, dialect: str):
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+
+    def create_schema(self) -> None:
+        if self.url.startswith("sqlite:///"):
+            from pathlib import Path
+            path = self.url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        metadata.create_all(self.engine)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- the webhook's one durable write -------------------------------------------
+    def ingest(self, *, dedup_key: str, provider: str, message_id: str, event_name: str,
+               status: str, direction: str, external: str, occurred_at: float,
+               payload: str, targets: Iterable[str], now: float | None = None) -> int | None:
+        """Store an event and its deliveries; None when it was already stored."""
+        now = now or time.time()
+        stmt = _insert(inbox, self.dialect).values(
+            dedup_key=dedup_key, provider=provider, message_id=message_id, event=event_name,
+            status=status, direction=direction, external=external, received_at=now,
+            occurred_at=occurred_at, payload=payload,
+        ).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(inbox.c.id)
+        with self.engine.begin() as conn:
+            inbox_id = conn.execute(stmt).scalar()
+            if inbox_id is None:
+                return None
+            rows = [dict(inbox_id=inbox_id, target=t, message_id=message_id, state=PENDING,
+                         attempts=0, next_at=now, updated_at=now) for t in targets]
+            if rows:
+                conn.execute(deliveries.insert(), rows)
+        return inbox_id
+
+    # -- worker side ---------------------------------------------------------------
+    def claim(self, owner: str, lease_seconds: float, limit: int = 10,
+              target: str | None = None, now: float | None = None) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries. Never two of one CRM record at once."""
+        now = now or time.time()
+        d2 = deliveries.alias("d2")
+        busy = select(d2.c.id).where(
+            d2.c.target == deliveries.c.target, d2.c.message_id == deliveries.c.message_id,
+            d2.c.id != deliveries.c.id, d2.c.lease_until > now,
+            d2.c.state.in_(OPEN_STATES)).exists()
+        conds = [deliveries.c.state.in_(OPEN_STATES), deliveries.c.next_at <= now,
+                 or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until <= now), ~busy]
+        if target:
+            conds.append(deliveries.c.target == target)
+        q = (select(deliveries.c.id, deliveries.c.target, deliveries.c.message_id)
+             .where(and_(*conds)).order_by(deliveries.c.next_at, deliveries.c.id).limit(limit * 4))
+        claimed: list[Delivery] = []
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Serialize claimers briefly so the per-record check above holds across them.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7261001)"))
+            seen: set[tuple[str, str]] = set()
+            ids = []
+            for row in conn.execute(q):
+                key = (row.target, row.message_id)
+                if key in seen:
+                    continue
+                seen.add(key)
+                ids.append(row.id)
+                if len(ids) >= limit:
+                    break
+            if not ids:
+                return []
+            conn.execute(update(deliveries).where(deliveries.c.id.in_(ids)).values(
+                lease_until=now + lease_seconds, lease_owner=owner, updated_at=now))
+            rows = conn.execute(
+                select(deliveries, inbox.c.payload, inbox.c.provider).join(inbox, inbox.c.id == deliveries.c.inbox_id)
+                .where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id))
+            for r in rows:
+                claimed.append(Delivery(id=r.id, inbox_id=r.inbox_id, target=r.target,
+                                        message_id=r.message_id, state=r.state, attempts=r.attempts,
+                                        payload=json.loads(r.payload), lease_owner=owner,
+                                        provider=r.provider))
+        return claimed
+
+    def finish(self, d: Delivery, state: str, *, rendered: Any = None, result: Any = None,
+               error: str | None = None, next_at: float | None = None,
+               count_attempt: bool = True) -> bool:
+        """Record a delivery's outcome; False if the lease was lost meanwhile."""
+        now = time.time()
+        values: dict[str, Any] = dict(state=state, lease_until=None, lease_owner=None,
+                                      updated_at=now, last_error=error)
+        if count_attempt:
+            values["attempts"] = deliveries.c.attempts + 1
+        if rendered is not None:
+            values["rendered"] = json.dumps(rendered)
+        if result is not None:
+            values["result"] = json.dumps(result)
+        if next_at is not None:
+            values["next_at"] = next_at
+        with self.engine.begin() as conn:
+            res = conn.execute(update(deliveries).where(
+                deliveries.c.id == d.id, deliveries.c.lease_owner == d.lease_owner).values(**values))
+        return res.rowcount == 1
+
+    def sweep(self, now: float | None = None) -> int:
+        """Release leases that ran out (their worker died); returns how many."""
+        now = now or time.time()
+        with self.engine.begin() as conn:
+            res = conn.execute(update(deliveries).where(
+                deliveries.c.state.in_(OPEN_STATES), deliveries.c.lease_until.is_not(None),
+                deliveries.c.lease_until <= now).values(lease_until=None, lease_owner=None,
+                                                        updated_at=now))
+        return res.rowcount
+
+    def pending_count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(deliveries)
+                                .where(deliveries.c.state.in_(OPEN_STATES))).scalar() or 0
+
+    # -- CRM record map ------------------------------------------------------------
+    def get_record(self, target: str, message_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(crm_records).where(
+                crm_records.c.target == target, crm_records.c.message_id == message_id)).first()
+        if r is None:
+            return None
+        return dict(object_type=r.object_type, object_id=r.object_id, status=r.status,
+                    data=json.loads(r.data) if r.data else {})
+
+    def save_record(self, target: str, message_id: str, *, object_type: str,
+                    object_id: str | None, status: str | None, data: dict | None = None) -> None:
+        now = time.time()
+        values = dict(object_type=object_type, object_id=object_id, status=status,
+                      data=json.dumps(data or {}), updated_at=now)
+        stmt = _insert(crm_records, self.dialect).values(target=target, message_id=message_id, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["target", "message_id"], set_=values)
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    # -- contact cache -------------------------------------------------------------
+    def get_contact(self, target: str, phone: str, now: float | None = None) -> dict | None:
+        now = now or time.time()
+        with self.engine.connect() as conn:
+            r = conn.execute(select(contacts).where(
+                contacts.c.target == target, contacts.c.phone == phone,
+                contacts.c.expires_at > now)).first()
+        return None if r is None else dict(record_type=r.record_type, record_id=r.record_id)
+
+    def put_contact(self, target: str, phone: str, record_type: str, record_id: str | None,
+                    ttl: float) -> None:
+        values = dict(record_type=record_type, record_id=record_id, expires_at=time.time() + ttl)
+        stmt = _insert(contacts, self.dialect).values(target=target, phone=phone, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["target", "phone"], set_=values)
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    # -- listing for operators -----------------------------------------------------
+    def list_events(self, limit: int = 100, state: str | None = None, target: str | None = None,
+                    since: float | None = None, number: str | None = None) -> list[dict]:
+        q = select(inbox).order_by(inbox.c.received_at.desc(), inbox.c.id.desc()).limit(limit)
+        if since is not None:
+            q = q.where(inbox.c.received_at >= since)
+        if number:
+            q = q.where(inbox.c.external == number)
+        if state or target:
+            sub = select(deliveries.c.inbox_id)
+            if state:
+                sub = sub.where(deliveries.c.state == state)
+            if target:
+                sub = sub.where(deliveries.c.target == target)
+            q = q.where(inbox.c.id.in_(sub))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).fetchall()
+            ids = [r.id for r in rows]
+            dels = conn.execute(select(deliveries).where(deliveries.c.inbox_id.in_(ids))).fetchall() if ids else []
+        by_inbox: dict[int, dict] = {}
+        for d in dels:
+            by_inbox.setdefault(d.inbox_id, {})[d.target] = {
+                "state": d.state,
+                "attempts": d.attempts,
+                "error": d.last_error,
+                "rendered": json.loads(d.rendered) if d.rendered else None,
+                "result": json.loads(d.result) if d.result else None,
+                "delivery_id": d.id,
+            }
+        return [{
+            "id": r.id,
+            "message_id": r.message_id,
+            "provider": r.provider,
+            "event": r.event,
+            "direction": r.direction,
+            "status": r.status,
+            "external_number": r.external,
+            "received_at": _iso(r.received_at),
+            "occurred_at": _iso(r.occurred_at),
+            "targets": by_inbox.get(r.id, {}),
+        } for r in rows]
+
+
+def _iso(ts: float) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_owner_id() -> str:
+    return uuid.uuid4().hex[:16]

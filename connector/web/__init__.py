@@ -1,0 +1,25 @@
+"""Flask app factory: one blueprint per inbound surface."""
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ..config import Config
+from ..runtime import Runtime
+
+
+def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+    app.extensions["connector"] = runtime or Runtime(config)
+
+    from . import health, webhooks
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(health.bp)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        # JSON for every client error, never an HTML page or a 500 for bad input.
+        return jsonify(error=exc.description, status=exc.code), exc.code
+
+    return app
