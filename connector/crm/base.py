@@ -51,6 +51,11 @@ class DeliveryContext:
 
 
 class Writer(Protocol):
+    """One CRM. Writers may also offer ``deliver_many(items)``, taking a list of
+    ``(event, ctx)`` and returning one ``Outcome`` or exception per item, in order, so a
+    burst is written with the CRM's batch endpoints and a partial failure retries or
+    dead-letters only the failed items."""
+
     name: str
 
     def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome: ...
