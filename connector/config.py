@@ -97,6 +97,29 @@ class SalesforceConfig(_Section):
     model_config = ConfigDict(extra="allow")
 
 
+class FetchConfig(_Section):
+    """Fetching media by URL (connector.fetch): outbound attachments, inbound media."""
+    allow_http: bool = False
+    allow_hosts: list[str] = Field(default_factory=list)
+    allow_networks: list[str] = Field(default_factory=list)
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    connect_timeout: float = Field(3, gt=0, le=60)
+    read_timeout: float = Field(10, gt=0, le=300)
+    total_timeout: float = Field(30, gt=0, le=600)
+    max_redirects: int = Field(3, ge=0, le=10)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"{n!r} is not an IP network (CIDR like 10.0.0.0/8 or an address)")
+        return v
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = Field(False, alias="json")
@@ -111,6 +134,7 @@ class Config(_Section):
     hubspot: HubSpotConfig = Field(default_factory=HubSpotConfig)
     salesforce: SalesforceConfig = Field(default_factory=SalesforceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
     time_zone: str = "UTC"
 
     # Where the file was read from; relative paths (mappings, sqlite) resolve against it.
