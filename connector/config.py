@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_FILES = ("config.yaml", "config.example.yaml")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -63,6 +63,12 @@ class AircallConfig(_Section):
     api_id: str = ""
     api_token: str = ""
     oauth_token: str = ""
+    # Sending (connector.providers.aircall.SendClient).
+    send_mode: Literal["native", "proxy"] = "native"
+    send_connect_timeout: float = Field(3, gt=0, le=60)
+    send_read_timeout: float = Field(15, gt=0, le=120)
+    send_max_attempts: int = Field(3, ge=1, le=10)
+    send_max_wait: float = Field(5, ge=0, le=120)
 
     @field_validator("webhook_tokens")
     @classmethod
@@ -120,6 +126,104 @@ class FetchConfig(_Section):
         return v
 
 
+MB = 1024 * 1024
+KB = 1024
+
+
+class CarrierProfile(_Section):
+    """MMS limits; the article's "in most cases" values are the defaults."""
+    max_files: int = Field(10, ge=1, le=100)
+    image_max_bytes: int = Field(5 * MB, ge=1)
+    pdf_max_bytes: int = Field(600 * KB, ge=1)
+    total_max_bytes: int = Field(5 * MB, ge=1)
+    formats: list[Literal["pdf", "jpg", "png", "gif"]] = Field(
+        default_factory=lambda: ["pdf", "jpg", "png", "gif"])
+
+
+class OutboundLine(_Section):
+    number: str  # E.164
+    id: str  # Aircall number id, used in the send path
+    mms: bool = True
+    profile: str = "default"
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("number")
+    @classmethod
+    def _e164(cls, v: str) -> str:
+        from .phones import to_e164
+        e164 = to_e164(v)
+        if not e164:
+            raise ValueError(f"{v!r} is not a phone number (use E.164, e.g. +14155550100)")
+        return e164
+
+
+class OutboundHubSpot(_Section):
+    client_secret: str = ""  # empty: hubspot.client_secret
+    max_age_seconds: int = Field(300, ge=1)
+    # Names of the action's input fields (or of the webhook body's top-level keys).
+    to_field: str = "to"
+    from_field: str = "from"
+    text_field: str = "text"
+    media_field: str = "media_urls"
+
+
+class OutboundSalesforce(_Section):
+    organization_ids: list[str] = Field(default_factory=list)
+    token: str = ""  # when set, the endpoint URL must carry ?token=<this>
+    to_field: str = "To_Phone__c"
+    from_field: str = ""  # empty: outbound.default_line
+    text_field: str = "Body__c"
+    media_field: str = "Media_URL__c"  # several URLs separated by whitespace or commas
+
+
+class OutboundConfig(_Section):
+    policy: Literal["partial", "strict"] = "partial"
+    mms_countries: list[str] = Field(default_factory=lambda: ["US", "CA", "AU"])
+    lines: list[OutboundLine] = Field(default_factory=list)
+    default_line: str = ""
+    profiles: dict[str, CarrierProfile] = Field(default_factory=lambda: {"default": CarrierProfile()})
+    max_text_chars: int = Field(1600, ge=1)
+    api_tokens: list[str] = Field(default_factory=list)
+    reconcile_window_seconds: int = Field(900, ge=10)
+    hubspot: OutboundHubSpot = Field(default_factory=OutboundHubSpot)
+    salesforce: OutboundSalesforce = Field(default_factory=OutboundSalesforce)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens(cls, v: list[str]) -> list[str]:
+        if any(not t for t in v):
+            raise ValueError("a token is empty (is its environment variable set?)")
+        return v
+
+    @field_validator("mms_countries")
+    @classmethod
+    def _countries(cls, v: list[str]) -> list[str]:
+        return [c.upper() for c in v]
+
+    @model_validator(mode="after")
+    def _profiles_exist(self) -> "OutboundConfig":
+        self.profiles.setdefault("default", CarrierProfile())
+        for i, line in enumerate(self.lines):
+            if line.profile not in self.profiles:
+                raise ValueError(f"lines[{i}].profile: no profile named {line.profile!r}")
+        if self.default_line:
+            from .phones import to_e164
+            self.default_line = to_e164(self.default_line) or self.default_line
+            if self.line(self.default_line) is None:
+                raise ValueError(f"default_line: {self.default_line} is not one of outbound.lines")
+        return self
+
+    def line(self, number: str) -> OutboundLine | None:
+        for line in self.lines:
+            if line.number == number:
+                return line
+        return None
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = Field(False, alias="json")
@@ -135,6 +239,7 @@ class Config(_Section):
     salesforce: SalesforceConfig = Field(default_factory=SalesforceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     time_zone: str = "UTC"
 
     # Where the file was read from; relative paths (mappings, sqlite) resolve against it.
