@@ -63,7 +63,9 @@ def serve(config_path, host, port, no_worker):
 
 @main.command()
 @config_option
-def worker(config_path):
+@click.option("--metrics-port", default=None, type=int,
+              help="Serve this worker's Prometheus metrics on server.host:PORT/metrics.")
+def worker(config_path, metrics_port):
     """Run workers only (scaled-out mode: any number of these, on any machine)."""
     import signal
     import threading
@@ -74,6 +76,9 @@ def worker(config_path):
     setup_logging(cfg)
     rt = Runtime(cfg)
     w = rt.worker()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+        start_http_server(metrics_port, addr=cfg.server.host, registry=rt.metrics.registry)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -145,6 +150,90 @@ def events(config_path, as_json, limit, state, crm, since, number):
         click.echo(f"{r['received_at']}  {r['event']:<24} {r['direction']:<8} {r['status']:<9} "
                    f"{r['external_number']:<16} {r['message_id']}  {targets}")
 
+
+
+def _store(config_path):
+    from .runtime import Runtime
+    return Runtime(_load(config_path)).store
+
+
+def _hide_token(payload):
+    """Stored payloads carry the provider's shared token: never print it."""
+    if isinstance(payload, dict) and "token" in payload:
+        return {**payload, "token": "[redacted]"}
+    return payload
+
+
+@main.group("dead-letters")
+def dead_letters():
+    """List, inspect and replay deliveries that failed for good."""
+
+
+@dead_letters.command("list")
+@config_option
+@click.option("--crm", default=None, type=click.Choice(["hubspot", "salesforce"]))
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def dead_letters_list(config_path, crm, limit, as_json):
+    """Dead letters, oldest first: delivery id, CRM, message, attempts, reason."""
+    rows = _store(config_path).dead_letters(limit=limit, target=crm)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no dead letters")
+        return
+    for r in rows:
+        click.echo(f"{r['id']:>6}  {r['target']:<10} {r['updated_at']}  {r['event']:<22} "
+                   f"{r['message_id']}  attempts={r['attempts']}  {r['error'] or ''}")
+
+
+@dead_letters.command("show")
+@config_option
+@click.argument("delivery_id", type=int)
+def dead_letters_show(config_path, delivery_id):
+    """One delivery in full: state, reason, the stored webhook, what was rendered."""
+    row = _store(config_path).get_delivery(delivery_id)
+    if row is None:
+        click.echo(f"no delivery {delivery_id}", err=True)
+        sys.exit(1)
+    row["payload"] = _hide_token(row["payload"])
+    click.echo(json.dumps(row, indent=2))
+
+
+@dead_letters.command("replay")
+@config_option
+@click.argument("delivery_id", type=int, required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+@click.option("--crm", default=None, type=click.Choice(["hubspot", "salesforce"]),
+              help="With --all: only this CRM's dead letters.")
+def dead_letters_replay(config_path, delivery_id, replay_all, crm):
+    """Make a dead letter due again (attempts reset, reason cleared).
+
+    Idempotent: a delivery that is not dead (delivered, pending, ...) is left alone, and
+    writers update the CRM entry they made before, so a replay never adds a second one.
+    """
+    if replay_all == (delivery_id is not None):
+        raise click.UsageError("give one delivery id, or --all")
+    store = _store(config_path)
+    if delivery_id is not None:
+        result = store.replay(delivery_id)
+        if result is None:
+            click.echo(f"no delivery {delivery_id}", err=True)
+            sys.exit(1)
+        if result == "replayed":
+            click.echo(f"delivery {delivery_id}: replayed, pending again")
+        else:
+            click.echo(f"delivery {delivery_id} is {result}, not a dead letter: nothing to replay")
+        return
+    from tqdm import tqdm
+
+    ids = store.dead_letter_ids(target=crm)
+    replayed = 0
+    for i in tqdm(ids, desc="replaying", unit="delivery", file=sys.stderr, disable=None):
+        replayed += store.replay(i) == "replayed"
+    click.echo(f"replayed {replayed} dead letter(s)" + (f" ({len(ids) - replayed} changed meanwhile)"
+                                                       if replayed < len(ids) else ""))
 
 if __name__ == "__main__":
     main()

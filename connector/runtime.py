@@ -5,6 +5,7 @@ import logging
 import threading
 
 from .config import Config
+from .metrics import Metrics
 from .pipeline.worker import Pipeline, Worker
 from .pipeline.writers import build_writers
 from .store import Store
@@ -20,12 +21,14 @@ class Runtime:
         self.store = Store(url)
         self.store.create_schema()
         self.wake_event = threading.Event()
+        self.metrics = Metrics(self.store)
         self._pipeline: Pipeline | None = None
 
     @property
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
-            self._pipeline = Pipeline(self.config, self.store, build_writers(self.config))
+            self._pipeline = Pipeline(self.config, self.store, build_writers(self.config),
+                                      metrics=self.metrics)
         return self._pipeline
 
     def wake(self) -> None:
@@ -37,5 +40,5 @@ class Runtime:
 
 
 def setup_logging(config: Config) -> None:
-    logging.basicConfig(level=config.logging.level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from .logs import setup_logging as _setup
+    _setup(config)

@@ -336,9 +336,77 @@ class Store:
         } for r in rows]
 
 
+    # -- dead letters and queue figures, for operators and /metrics ------------------
+    def dead_letters(self, limit: int = 100, target: str | None = None) -> list[dict]:
+        q = (select(deliveries, inbox.c.event, inbox.c.external, inbox.c.received_at)
+             .join(inbox, inbox.c.id == deliveries.c.inbox_id)
+             .where(deliveries.c.state == DEAD).order_by(deliveries.c.id).limit(limit))
+        if target:
+            q = q.where(deliveries.c.target == target)
+        with self.engine.connect() as conn:
+            return [_delivery_row(r) for r in conn.execute(q)]
+
+    def get_delivery(self, delivery_id: int) -> dict | None:
+        """One delivery with its stored event (payload included)."""
+        q = (select(deliveries, inbox.c.event, inbox.c.external, inbox.c.received_at, inbox.c.payload)
+             .join(inbox, inbox.c.id == deliveries.c.inbox_id).where(deliveries.c.id == delivery_id))
+        with self.engine.connect() as conn:
+            r = conn.execute(q).first()
+        if r is None:
+            return None
+        row = _delivery_row(r)
+        row["payload"] = json.loads(r.payload)
+        row["rendered"] = json.loads(r.rendered) if r.rendered else None
+        row["result"] = json.loads(r.result) if r.result else None
+        return row
+
+    def replay(self, delivery_id: int, now: float | None = None) -> str | None:
+        """Make a dead letter due again (attempts 0, error cleared).
+
+        Returns "replayed", the delivery's current state when it is not dead (nothing
+        is changed: replay is idempotent), or None when there is no such delivery.
+        """
+        now = now or time.time()
+        with self.engine.begin() as conn:
+            res = conn.execute(update(deliveries).where(
+                deliveries.c.id == delivery_id, deliveries.c.state == DEAD).values(
+                state=PENDING, attempts=0, last_error=None, next_at=now, lease_until=None,
+                lease_owner=None, updated_at=now))
+            if res.rowcount == 1:
+                return "replayed"
+            return conn.execute(select(deliveries.c.state).where(deliveries.c.id == delivery_id)).scalar()
+
+    def dead_letter_ids(self, target: str | None = None) -> list[int]:
+        q = select(deliveries.c.id).where(deliveries.c.state == DEAD).order_by(deliveries.c.id)
+        if target:
+            q = q.where(deliveries.c.target == target)
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).scalars())
+
+    def queue_figures(self, now: float | None = None) -> dict:
+        """Deliveries per (target, state), and per target the age of the oldest open one."""
+        now = now or time.time()
+        with self.engine.connect() as conn:
+            counts = conn.execute(select(deliveries.c.target, deliveries.c.state, func.count())
+                                  .group_by(deliveries.c.target, deliveries.c.state)).fetchall()
+            oldest = conn.execute(
+                select(deliveries.c.target, func.min(inbox.c.received_at))
+                .join(inbox, inbox.c.id == deliveries.c.inbox_id)
+                .where(deliveries.c.state.in_(OPEN_STATES)).group_by(deliveries.c.target)).fetchall()
+        return {"counts": {(t, s): n for t, s, n in counts},
+                "oldest_open_age": {t: max(0.0, now - ts) for t, ts in oldest if ts is not None}}
+
+
 def _iso(ts: float) -> str:
     from datetime import datetime, timezone
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _delivery_row(r) -> dict:
+    return {"id": r.id, "event_id": r.inbox_id, "target": r.target, "message_id": r.message_id,
+            "event": r.event, "external_number": r.external, "state": r.state,
+            "attempts": r.attempts, "error": r.last_error, "received_at": _iso(r.received_at),
+            "updated_at": _iso(r.updated_at)}
 
 
 def new_owner_id() -> str:

@@ -33,12 +33,19 @@ def backoff_seconds(attempt: int, initial: float, maximum: float) -> float:
 class Pipeline:
     """Processes one claimed delivery end to end."""
 
-    def __init__(self, config: Config, store: Store, writers: dict[str, Writer], media=None):
+    def __init__(self, config: Config, store: Store, writers: dict[str, Writer], media=None,
+                 metrics=None):
         self.config = config
+        self.metrics = metrics  # connector.metrics.Metrics, or None
         self.store = store
         self.writers = writers
         # media(event, delivery) -> (views, download_all_link); replaced when media is stored.
         self.media = media or (lambda event, d: (default_media_views(event), ""))
+
+    def _count(self, d: Delivery, outcome: str) -> str:
+        if self.metrics is not None:
+            self.metrics.write(d.target, outcome)
+        return RETRYING if outcome == "rate_limited" else outcome
 
     def process(self, d: Delivery) -> str:
         cfg = self.config.worker
@@ -46,11 +53,11 @@ class Pipeline:
             event = PARSERS[d.provider](d.payload)
         except (PayloadError, Ignored, KeyError) as exc:  # stored payloads were validated; be safe
             self.store.finish(d, DEAD, error=f"stored payload no longer parses: {exc}")
-            return DEAD
+            return self._count(d, DEAD)
         writer = self.writers.get(d.target)
         if writer is None:
             self.store.finish(d, DEAD, error=f"{d.target} is not configured")
-            return DEAD
+            return self._count(d, DEAD)
         try:
             views, download_all = self.media(event, d)
             ctx = DeliveryContext(store=self.store, config=self.config, media=views,
@@ -61,11 +68,11 @@ class Pipeline:
             self.store.finish(d, RETRYING, error=f"rate limited: {exc}", next_at=time.time() + wait,
                               count_attempt=False)
             log.info("delivery %s message %s %s: rate limited, parked %.0fs", d.id, d.message_id, d.target, wait)
-            return RETRYING
+            return self._count(d, "rate_limited")
         except PermanentError as exc:
             self.store.finish(d, DEAD, error=str(exc))
             log.warning("delivery %s message %s %s: dead letter: %s", d.id, d.message_id, d.target, exc)
-            return DEAD
+            return self._count(d, DEAD)
         except Exception as exc:  # TransientError, or a bug: retry, dead-letter when attempts run out
             attempt = d.attempts + 1
             reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
@@ -75,17 +82,17 @@ class Pipeline:
                 self.store.finish(d, DEAD, error=f"gave up after {attempt} attempts: {reason}")
                 log.warning("delivery %s message %s %s: dead letter after %d attempts: %s",
                             d.id, d.message_id, d.target, attempt, reason)
-                return DEAD
+                return self._count(d, DEAD)
             wait = backoff_seconds(attempt, cfg.backoff_initial, cfg.backoff_max)
             if isinstance(exc, TransientError) and exc.retry_after:
                 wait = max(wait, exc.retry_after)
             self.store.finish(d, RETRYING, error=reason, next_at=time.time() + wait)
             log.info("delivery %s message %s %s: attempt %d failed (%s), retry in %.1fs",
                      d.id, d.message_id, d.target, attempt, reason, wait)
-            return RETRYING
+            return self._count(d, RETRYING)
         self.store.finish(d, outcome.state, rendered=outcome.rendered, result=outcome.result)
         log.info("delivery %s message %s %s: %s", d.id, d.message_id, d.target, outcome.state)
-        return outcome.state
+        return self._count(d, outcome.state)
 
 
 class Worker:

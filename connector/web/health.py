@@ -1,14 +1,57 @@
-"""Liveness and readiness for load balancers and orchestrators."""
+"""Liveness, readiness and Prometheus metrics; counts every inbound request's result."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 bp = Blueprint("health", __name__)
+
+# Paths whose requests are counted as inbound traffic (webhooks, outbound triggers, API).
+INBOUND_PREFIXES = ("/webhooks/", "/outbound/", "/api/")
+_RESULT_BY_CODE = {401: "rejected_auth", 403: "rejected_auth", 413: "too_large", 429: "throttled"}
 
 
 @bp.get("/healthz")
 def healthz():
     return jsonify(status="ok")
+
+
+def _queue_check(rt) -> str | None:
+    url = rt.config.queue.url
+    if not url:
+        return None
+    queue = getattr(rt, "queue", None)
+    try:
+        if queue is not None and hasattr(queue, "ping"):
+            queue.ping()
+        else:
+            import redis
+            redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+        return "ok"
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}"
+
+
+def _crm_checks(rt) -> dict:
+    """Writers may expose ``credential_status() -> None | (ok, detail)``: the last check."""
+    out = {}
+    try:
+        writers = rt.pipeline.writers
+    except Exception as exc:
+        return {"writers": f"cannot be built: {type(exc).__name__}"}
+    for name, writer in sorted(writers.items()):
+        status = getattr(writer, "credential_status", None)
+        if not callable(status):
+            out[name] = "no check (dry-run)" if "DryRun" in type(writer).__name__ else "no check"
+            continue
+        result = status()
+        if result is None:
+            out[name] = "not checked yet"
+        else:
+            ok, detail = result
+            out[name] = "ok" if ok else f"failing: {detail}"
+    return out
 
 
 @bp.get("/readyz")
@@ -20,5 +63,44 @@ def readyz():
         checks["store"] = "ok"
     except Exception as exc:  # report, don't crash: this endpoint exists to say what is wrong
         checks["store"] = f"unreachable: {type(exc).__name__}"
+    queue = _queue_check(rt)
+    if queue is not None:
+        checks["queue"] = queue
     ready = all(v == "ok" for v in checks.values())
-    return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
+    # CRM credentials are reported, not gating: webhooks must still be accepted (and
+    # kept for later) while a CRM token is being fixed, or Aircall disables the endpoint.
+    return jsonify(status="ready" if ready else "not ready", checks=checks,
+                   crm=_crm_checks(rt)), 200 if ready else 503
+
+
+@bp.get("/metrics")
+def metrics():
+    rt = current_app.extensions["connector"]
+    from prometheus_client import CONTENT_TYPE_LATEST
+    return Response(rt.metrics.exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.before_app_request
+def _start_clock():
+    g.received_at = time.perf_counter()
+
+
+@bp.after_app_request
+def _count_inbound(response):
+    rule = request.url_rule
+    if rule is None or not request.path.startswith(INBOUND_PREFIXES):
+        return response
+    rt = current_app.extensions["connector"]
+    code = response.status_code
+    if 200 <= code < 300:
+        body = response.get_json(silent=True) if response.is_json else None
+        result = body.get("status") if isinstance(body, dict) and isinstance(body.get("status"), str) else "accepted"
+    elif code >= 500:
+        result = "error"
+    else:
+        result = _RESULT_BY_CODE.get(code, "rejected_payload")
+    rt.metrics.webhooks.labels(rule.rule, result[:40]).inc()
+    started = g.get("received_at")
+    if started is not None:
+        rt.metrics.ack_latency.labels(rule.rule).observe(time.perf_counter() - started)
+    return response

@@ -1,0 +1,123 @@
+"""Log lines (plain or JSON) with every secret the config holds redacted.
+
+Redaction happens on the formatted line, so messages, arguments, tracebacks and
+third-party loggers (urllib3, hubspot-api-client, simple-salesforce) are all covered:
+configured secrets (any config key naming a token, secret, password or key), bearer
+and Authorization values, JSON "token" fields, URL query strings (presigned S3 links,
+signed parameters) and signed /media/ links.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any, Iterable
+
+REDACTED = "[redacted]"
+_SECRET_KEY = re.compile(r"token|secret|password|passwd|api_?key|private_?key|signing|credential|"
+                         r"consumer_key", re.I)
+_PATTERNS = [
+    # Authorization: Bearer xxx / "Authorization": "Basic xxx"
+    (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:(?:bearer|basic|token)\s+)?[^\s'\",}]+"),
+     r"\1" + REDACTED),
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    # "token": "..." in a logged payload, token=... in a form or query
+    (re.compile(r"(?i)(['\"](?:[a-z_]*token|[a-z_]*secret|password)['\"]\s*:\s*['\"])[^'\"]*"),
+     r"\1" + REDACTED),
+    (re.compile(r"(?i)\b((?:[a-z_]*token|[a-z_]*secret|password|signature|sig)=)[^\s&'\"]+"),
+     r"\1" + REDACTED),
+    # Query strings carry signatures (S3 presigned URLs, signed links): keep the path only.
+    (re.compile(r"((?:https?|ftp)://[^\s?#'\"<>]+)\?[^\s'\"<>]*"), r"\1?" + REDACTED),
+    # Our signed attachment links: /media/<signed-token>[/...]
+    (re.compile(r"(/media/)[A-Za-z0-9._~=:+-]{8,}"), r"\1" + REDACTED),
+]
+
+
+def config_secrets(config: Any) -> list[str]:
+    """Every string value under a config key that names a secret (lists included)."""
+    found: list[str] = []
+
+    def walk(node: Any, secret: bool) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, secret or bool(_SECRET_KEY.search(str(k))))
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v, secret)
+        elif secret and isinstance(node, str) and len(node) >= 4:
+            found.append(node)
+
+    data = config.model_dump(by_alias=False) if hasattr(config, "model_dump") else config
+    walk(data, False)
+    return found
+
+
+class Redactor:
+    def __init__(self, secrets: Iterable[str] = ()):
+        variants: set[str] = set()
+        for s in secrets:
+            if s:
+                variants.add(s)
+                variants.add(json.dumps(s)[1:-1])  # as it appears inside a JSON string
+        # Longest first, so a secret containing another is replaced whole.
+        self.secrets = sorted(variants, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for s in self.secrets:
+            if s in text:
+                text = text.replace(s, REDACTED)
+        for pattern, repl in _PATTERNS:
+            text = pattern.sub(repl, text)
+        return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Wraps a formatter and redacts its whole output."""
+
+    def __init__(self, inner: logging.Formatter, redactor: Redactor):
+        super().__init__()
+        self.inner = inner
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Redact the message and traceback before the inner formatter escapes them (JSON),
+        # then the whole line, for anything the inner formatter added.
+        clean = logging.makeLogRecord(record.__dict__)
+        clean.msg, clean.args = self.redactor(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            clean.exc_text = self.formatException(record.exc_info)
+        if clean.exc_text:
+            clean.exc_text = self.redactor(clean.exc_text)
+        clean.exc_info = None if clean.exc_text else record.exc_info
+        return self.redactor(self.inner.format(clean))
+
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def make_formatter(json_lines: bool, redactor: Redactor) -> logging.Formatter:
+    if json_lines:
+        from pythonjsonlogger.json import JsonFormatter
+        inner: logging.Formatter = JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger", "asctime": "time"})
+    else:
+        inner = logging.Formatter(PLAIN_FORMAT)
+    return RedactingFormatter(inner, redactor)
+
+
+_HANDLER_FLAG = "_mms_connector_handler"
+
+
+def setup_logging(config) -> logging.Handler:
+    """One stderr handler on the root logger, redacting, plain or JSON per config."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, _HANDLER_FLAG, False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler()
+    setattr(handler, _HANDLER_FLAG, True)
+    handler.setFormatter(make_formatter(config.logging.json_lines, Redactor(config_secrets(config))))
+    root.addHandler(handler)
+    root.setLevel(config.logging.level)
+    return handler
