@@ -88,6 +88,57 @@ def worker(config_path, metrics_port):
     w.stop()
 
 
+@main.group()
+def db() -> None:
+    """Database schema (Alembic migrations); serve and worker upgrade on their own."""
+
+
+@db.command("upgrade")
+@config_option
+def db_upgrade(config_path):
+    """Create or upgrade the store's schema to the newest migration."""
+    from . import migrations
+    from .runtime import store_url
+    from .store import Store
+
+    cfg = _load(config_path)
+    store = Store(store_url(cfg))
+    before = migrations.current(store.engine)
+    store.create_schema()
+    after = migrations.current(store.engine)
+    click.echo(f"store {_safe_url(store.engine)}: "
+               + (f"upgraded {', '.join(sorted(before)) or '(empty)'} -> {', '.join(sorted(after))}"
+                  if before != after else f"already at {', '.join(sorted(after))}"))
+
+
+@db.command("current")
+@config_option
+def db_current(config_path):
+    """Print the store's migration revision, and whether it is the newest."""
+    from . import migrations
+    from .runtime import store_url
+    from .store import Store
+
+    store = Store(store_url(_load(config_path)))
+    cur, heads = migrations.current(store.engine), migrations.heads()
+    click.echo(f"{', '.join(sorted(cur)) or '(empty)'}"
+               + ("" if cur == heads else f" (newest: {', '.join(sorted(heads))}; run `mms-connector db upgrade`)"))
+    sys.exit(0 if cur == heads else 1)
+
+
+@db.command("revision")
+@click.option("-m", "--message", required=True, help="What the schema change does.")
+def db_revision(message):
+    """(Developers) write a migration for tables/columns added to connector/store.py."""
+    from . import migrations
+
+    click.echo(migrations.revision(message))
+
+
+def _safe_url(engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
 @main.command()
 @config_option
 def check(config_path):

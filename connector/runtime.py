@@ -11,14 +11,18 @@ from .pipeline.writers import build_writers
 from .store import Store
 
 
+def store_url(config: Config) -> str:
+    url = config.store.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+        # Relative SQLite paths are relative to the config file, not the shell's cwd.
+        url = "sqlite:///" + str(config.resolve(url[len("sqlite:///"):]))
+    return url
+
+
 class Runtime:
     def __init__(self, config: Config):
         self.config = config
-        url = config.store.url
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
-            # Relative SQLite paths are relative to the config file, not the shell's cwd.
-            url = "sqlite:///" + str(config.resolve(url[len("sqlite:///"):]))
-        self.store = Store(url)
+        self.store = Store(store_url(config))
         self.store.create_schema()
         self.wake_event = threading.Event()
         self.metrics = Metrics(self.store)

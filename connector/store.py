@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sqlalchemy import (
     Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
-    and_, create_engine, event, func, or_, select, text, update,
+    and_, create_engine, event, func, inspect, or_, select, text, update,
 )
 from sqlalchemy.engine import Engine
 
@@ -122,6 +123,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10},
                                pool_size=16, max_overflow=16)
         _sqlite_pragmas(engine)
@@ -144,12 +148,16 @@ class Store:
         self.dialect = self.engine.dialect.name
 
     def create_schema(self) -> None:
-        if self.url.startswith("sqlite:///"):
-            from pathlib import Path
-            path = self.url[len("sqlite:///"):]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-        metadata.create_all(self.engine)
+        """Upgrade the schema to the newest migration (creating it on a new database)."""
+        from . import migrations
+        migrations.upgrade(self.engine)
+        with self.engine.connect() as conn:
+            missing = sorted(set(metadata.tables) - set(inspect(conn).get_table_names()))
+        if missing:
+            raise RuntimeError(
+                f"table(s) {', '.join(missing)} are defined in connector/store.py but no migration "
+                "creates them: run `mms-connector db revision -m \"what changed\"` (README, "
+                "\"Schema migrations\") and commit the file it writes")
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -1,0 +1,61 @@
+"""Schema migrations (Alembic), for SQLite and PostgreSQL alike.
+
+Every table in ``connector.store.metadata`` is created and changed only here. Startup
+(``serve``, ``worker``, the web app) upgrades to the newest revision; ``mms-connector db
+upgrade`` does the same on demand. To change the schema, edit the table in
+``connector/store.py`` and run ``mms-connector db revision -m "what changed"``: it
+writes a new file under ``versions/`` from the difference, to review and commit.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+
+HERE = Path(__file__).resolve().parent
+# Serializes schema upgrades across processes starting at once (PostgreSQL advisory lock id).
+UPGRADE_LOCK_ID = 7261002
+
+
+def alembic_config(engine: Engine | None = None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(HERE))
+    cfg.set_main_option("file_template", "%%(year)d%%(month).2d%%(day).2d_%%(rev)s_%%(slug)s")
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """Bring the database to ``revision`` (all heads: parallel branches both apply)."""
+    command.upgrade(alembic_config(engine), revision)
+
+
+def heads() -> set[str]:
+    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def current(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def revision(message: str) -> str:
+    """Write a migration for what ``connector.store.metadata`` has beyond the newest
+    revision (diffed against a scratch SQLite database); returns the new file's path."""
+    import tempfile
+
+    from ..store import make_engine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = make_engine(f"sqlite:///{tmp}/scratch.db")
+        try:
+            upgrade(engine)
+            script = command.revision(alembic_config(engine), message=message, autogenerate=True)
+        finally:
+            engine.dispose()
+    scripts = script if isinstance(script, list) else [script]
+    return ", ".join(s.path for s in scripts)
