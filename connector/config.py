@@ -96,11 +96,63 @@ class HubSpotConfig(_Section):
     model_config = ConfigDict(extra="allow")
 
 
+class SalesforceMatchConfig(_Section):
+    # Object types searched by phone, in priority order (first type with a match wins).
+    objects: list[Literal["Contact", "Lead", "Account", "PersonAccount"]] = Field(
+        default_factory=lambda: ["Contact", "Lead"], min_length=1)
+    # Several records of the winning type: the oldest (stable) or newest created.
+    multiple: Literal["oldest", "newest"] = "oldest"
+
+
+class SalesforceUnknownNumber(_Section):
+    action: Literal["skip", "create_lead", "create_contact"] = "skip"
+    # Field values for the created record; {e164} {national} {digits} are replaced.
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
 class SalesforceConfig(_Section):
     mode: Literal["live", "dry-run", "off"] = "dry-run"
-    instance_url: str = ""
     mapping: str = "mappings/salesforce.yaml"
-    model_config = ConfigDict(extra="allow")
+    auth: Literal["password", "jwt", "token"] = "password"
+    domain: str = "login"
+    instance_url: str = ""
+    username: str = ""
+    password: str = ""
+    security_token: str = ""
+    consumer_key: str = ""
+    private_key: str = ""
+    private_key_file: str = ""
+    access_token: str = ""
+    api_version: str = Field("59.0", pattern=r"^\d{2,3}\.0$")
+    timeout: float = Field(30, gt=0, le=600)
+    external_id_field: str = Field("", pattern=r"^([A-Za-z][A-Za-z0-9_]*)?$")
+    match: SalesforceMatchConfig = Field(default_factory=SalesforceMatchConfig)
+    unknown_number: SalesforceUnknownNumber = Field(default_factory=SalesforceUnknownNumber)
+    contact_cache_ttl: float = Field(86400, ge=0)
+    unknown_cache_ttl: float = Field(300, ge=0)
+    field_limits: dict[str, int] = Field(default_factory=lambda: {"Subject": 255, "Description": 32000})
+    call_retries: int = Field(3, ge=1, le=10)
+    requests_per_second: float = Field(0, ge=0)
+    usage_pause_fraction: float = Field(0.9, gt=0, le=1)
+    usage_pause_seconds: float = Field(600, gt=0)
+    limit_backoff_initial: float = Field(60, gt=0)
+    limit_backoff_max: float = Field(3600, gt=0)
+    batch_size: int = Field(200, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _credentials_for_live(self) -> "SalesforceConfig":
+        if self.mode != "live":
+            return self
+        needed = {"password": ["username", "password"],
+                  "jwt": ["username", "consumer_key"],
+                  "token": ["access_token", "instance_url"]}[self.auth]
+        missing = [f"salesforce.{k}" for k in needed if not getattr(self, k)]
+        if self.auth == "jwt" and not (self.private_key or self.private_key_file):
+            missing.append("salesforce.private_key or salesforce.private_key_file")
+        if missing:
+            raise ValueError(f"auth '{self.auth}' needs {', '.join(missing)} "
+                             "(set them from environment variables)")
+        return self
 
 
 class FetchConfig(_Section):
@@ -319,7 +371,7 @@ def load_config(path: str | Path | None = None, data: dict | None = None) -> Con
     except ValidationError as exc:
         for err in exc.errors():
             loc = _format_loc(err["loc"]) or "(top level)"
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             elif err["type"] == "missing":

@@ -301,6 +301,27 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(stmt)
 
+    def reserve_contact(self, target: str, phone: str, record_type: str, ttl: float,
+                        now: float | None = None) -> bool:
+        """Insert a marker row unless a live row exists (atomic across workers); True if ours."""
+        now = now or time.time()
+        values = dict(record_type=record_type, record_id=None, expires_at=now + ttl)
+        stmt = _insert(contacts, self.dialect).values(target=target, phone=phone, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["target", "phone"], set_=values,
+                                          where=contacts.c.expires_at <= now)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def mapped_object_ids(self, target: str, object_ids: Iterable[str]) -> set[str]:
+        """Which of these CRM record ids already show one of our messages."""
+        ids = list(object_ids)
+        if not ids:
+            return set()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(crm_records.c.object_id).where(
+                crm_records.c.target == target, crm_records.c.object_id.in_(ids)))
+            return {r.object_id for r in rows}
+
     # -- listing for operators -----------------------------------------------------
     def list_events(self, limit: int = 100, state: str | None = None, target: str | None = None,
                     since: float | None = None, number: str | None = None) -> list[dict]:

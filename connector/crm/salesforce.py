@@ -1,24 +1,294 @@
-"""Salesforce: one record (a completed Task by default) per message on the Contact or Lead."""
+"""Salesforce: one record (a completed Task by default) per message on the Contact or Lead.
+
+``render`` builds the exact request for one message; dry-run, ``preview`` and the live
+writer all use it, so what an admin previews is what Salesforce receives. The batch path
+(``deliver_many``) sends the same record bodies inside one sObject Collections request.
+
+Idempotency: with ``salesforce.external_id_field`` set, every write is an upsert keyed by
+the message id, so a retry or redelivery can only touch the same record. Without it the
+store's crm_records map holds message id -> record id, and an "intent" row is written
+before each create: a retry that finds an intent but no id looks for the record it may
+have created (same link, same field values, created since the intent) before creating.
+"""
 from __future__ import annotations
 
-from ..events import MessageEvent
+import time
+from datetime import datetime, timezone
+
+from simple_salesforce.format import format_external_id, format_soql
+
+from ..events import MessageEvent, status_advances
 from ..mapping import Mapping
-from .base import DeliveryContext, entry_kind, template_context
+from .base import (DeliveryContext, Outcome, PermanentError, RateLimited, TransientError,
+                   WriteError, entry_kind, template_context)
+from .salesforce_client import TRANSIENT_CODES, SalesforceClient, describe_errors, error_codes
+from .salesforce_match import Link, Matcher, Skip
 
 NAME = "salesforce"
 WHO_PLACEHOLDER = "{who_id}"
-API_VERSION = "59.0"
+TRUNCATED = "… [truncated]"
+INTENT_SLACK_SECONDS = 120  # clock skew allowance when looking for a record an intent made
+
+
+# -- rendering ----------------------------------------------------------------------
+def _utf16_len(s: str) -> int:
+    return len(s.encode("utf-16-le")) // 2
+
+
+def truncate(value: str, limit: int) -> str:
+    """Fit ``value`` in ``limit`` characters (Salesforce counts UTF-16 units), marking any cut."""
+    if _utf16_len(value) <= limit:
+        return value
+    mark = TRUNCATED if _utf16_len(TRUNCATED) < limit else "…"
+    keep = max(0, limit - _utf16_len(mark))
+    head = value.encode("utf-16-le")[: keep * 2].decode("utf-16-le", errors="ignore")
+    return head.rstrip() + mark
+
+
+def fit_limits(fields: dict, limits: dict[str, int]) -> dict:
+    return {k: truncate(v, limits[k]) if isinstance(v, str) and k in limits else v
+            for k, v in fields.items()}
+
+
+def link_field(mapping: Mapping, record_type: str = "Contact") -> str:
+    """The lookup field that ties the record to a Contact/Lead (WhoId) or an Account (WhatId)."""
+    who = mapping.options.get("who_field", "WhoId")
+    if isinstance(who, dict):
+        return str(who.get(record_type) or "")
+    if record_type == "Account":
+        return str(mapping.options.get("what_field", "WhatId") or "")
+    return str(who or "")
 
 
 def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: Mapping,
-           who_id: str = WHO_PLACEHOLDER, object_id: str = "{record_id}") -> dict:
+           who_id: str = WHO_PLACEHOLDER, object_id: str = "{record_id}",
+           record_type: str = "Contact") -> dict:
     """The request Salesforce receives for this event (create or update)."""
+    cfg = ctx.config.salesforce
     sobject = mapping.object or "Task"
-    fields = mapping.render(entry_kind(event, operation), template_context(event, ctx))
-    base = f"/services/data/v{API_VERSION}/sobjects/{sobject}"
+    fields = fit_limits(mapping.render(entry_kind(event, operation), template_context(event, ctx)),
+                        cfg.field_limits)
+    if operation == "create":
+        field = link_field(mapping, record_type)
+        if field:
+            fields[field] = who_id
+    base = f"/services/data/v{cfg.api_version}/sobjects/{sobject}"
+    ext = cfg.external_id_field
+    if ext:
+        fields.pop(ext, None)  # the key travels in the URL
+        return {"method": "PATCH", "path": f"{base}/{format_external_id(ext, event.message_id)}",
+                "body": fields}
     if operation == "update":
         return {"method": "PATCH", "path": f"{base}/{object_id}", "body": fields}
-    who_field = mapping.options.get("who_field", "WhoId")
-    if who_field:
-        fields[who_field] = who_id
     return {"method": "POST", "path": f"{base}/", "body": fields}
+
+
+def _rest_path(path: str, api_version: str) -> str:
+    return path.removeprefix(f"/services/data/v{api_version}/")
+
+
+# -- the live writer ----------------------------------------------------------------
+class SalesforceWriter:
+    name = NAME
+
+    def __init__(self, config, mapping: Mapping, client: SalesforceClient | None = None):
+        self.config = config
+        self.cfg = config.salesforce
+        self.mapping = mapping
+        self.sobject = mapping.object or "Task"
+        self.client = client or SalesforceClient(self.cfg, resolve=config.resolve)
+        self.matcher = Matcher(self.cfg, self.client)
+
+    # One message ------------------------------------------------------------------
+    def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome:
+        plan = self._plan(event, ctx)
+        if isinstance(plan, Outcome):
+            return plan
+        operation, rec = plan
+        link = None
+        if operation == "create":
+            link = self.matcher.resolve([event.external], ctx.store)[event.external]
+            if isinstance(link, Skip):
+                return Outcome("skipped", result={"reason": link.reason})
+            if isinstance(link, WriteError):
+                raise link
+        req = self._render(event, ctx, operation, rec, link)
+        if operation == "create" and not self.cfg.external_id_field:
+            found = self._recover_intent(event, ctx, rec, req, link)
+            if found:
+                return self._done(event, ctx, req, "create", found, link, rec, recovered=True)
+            self._write_intent(event, ctx)
+        result = self.client.call(_rest_path(req["path"], self.cfg.api_version),
+                                  method=req["method"], json=req["body"])
+        object_id = (result or {}).get("id") or (rec or {}).get("object_id")
+        return self._done(event, ctx, req, operation, object_id, link, rec,
+                          created=(result or {}).get("created", operation == "create"))
+
+    def _plan(self, event: MessageEvent, ctx: DeliveryContext):
+        """("create"|"update", record) or an Outcome when there is nothing to send."""
+        rec = ctx.store.get_record(NAME, event.message_id)
+        if rec and rec.get("object_id"):
+            if not status_advances(rec["status"], event.status):
+                return Outcome("delivered", result={
+                    "unchanged": f"record already shows status {rec['status']}",
+                    "id": rec["object_id"]})
+            if self.client.near_allocation():
+                # A status change can wait; new messages keep going while usage is high.
+                raise RateLimited(f"Salesforce API usage {self.client.usage[0]}/{self.client.usage[1]} "
+                                  "is near the allocation; status updates paused",
+                                  retry_after=self.cfg.usage_pause_seconds)
+            return "update", rec
+        return "create", rec
+
+    def _render(self, event, ctx, operation, rec, link: Link | None) -> dict:
+        return render(event, ctx, operation, self.mapping,
+                      who_id=link.record_id if link else WHO_PLACEHOLDER,
+                      object_id=(rec or {}).get("object_id") or "",
+                      record_type=link.record_type if link else "Contact")
+
+    def _done(self, event, ctx, req, operation, object_id, link: Link | None, rec: dict | None,
+              **extra) -> Outcome:
+        data = ({"link_type": link.record_type, "link_id": link.record_id} if link
+                else {k: v for k, v in ((rec or {}).get("data") or {}).items() if k != "intent_at"})
+        ctx.store.save_record(NAME, event.message_id, object_type=self.sobject,
+                              object_id=object_id, status=event.status, data=data)
+        result = {"operation": operation, "id": object_id, **extra}
+        if link:
+            result["linked_to"] = {"type": link.record_type, "id": link.record_id,
+                                   "created": link.created}
+        return Outcome("delivered", rendered=req, result=result)
+
+    # Fallback idempotency without an external id field ----------------------------
+    def _write_intent(self, event, ctx) -> None:
+        ctx.store.save_record(NAME, event.message_id, object_type=self.sobject, object_id=None,
+                              status=None, data={"intent_at": time.time()})
+
+    def _recover_intent(self, event, ctx, rec, req, link: Link) -> str | None:
+        """After a create whose outcome was lost: the record it made, if Salesforce has it."""
+        intent_at = ((rec or {}).get("data") or {}).get("intent_at")
+        field = link_field(self.mapping, link.record_type)
+        if not intent_at or not field:
+            return None
+        body = {k: v for k, v in req["body"].items() if k != field}
+        since = datetime.fromtimestamp(intent_at - INTENT_SLACK_SECONDS, tz=timezone.utc)
+        soql = format_soql(
+            "SELECT Id, {:literal} FROM {:literal} WHERE {:literal} = {} AND CreatedDate >= {:literal} "
+            "ORDER BY CreatedDate, Id LIMIT 50",
+            ", ".join(body) or "Id", self.sobject, field, link.record_id,
+            since.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        found = (self.client.call("query/", params={"q": soql}) or {}).get("records", [])
+        taken = ctx.store.mapped_object_ids(NAME, [r["Id"] for r in found])
+        norm = lambda v: " ".join(str(v).split()) if v is not None else ""  # noqa: E731
+        for r in found:
+            if r["Id"] not in taken and all(norm(r.get(k)) == norm(v) for k, v in body.items()):
+                return r["Id"]
+        return None
+
+    # A burst ------------------------------------------------------------------------
+    def deliver_many(self, items: list[tuple[MessageEvent, DeliveryContext]]) -> list:
+        """One Outcome or exception per item, in order; Collections calls of up to batch_size."""
+        if len(items) == 1:
+            return [self._guard(self.deliver, *items[0])]
+        results: list = [None] * len(items)
+        seen: set[str] = set()
+        later: list[int] = []  # a second event of one message waits for the first
+        todo: list[tuple[int, str, dict | None]] = []
+        for i, (event, ctx) in enumerate(items):
+            if event.message_id in seen:
+                later.append(i)
+                continue
+            seen.add(event.message_id)
+            plan = self._guard(self._plan, event, ctx)
+            if isinstance(plan, (Outcome, Exception)):
+                results[i] = plan
+            elif plan[0] == "create" and not self.cfg.external_id_field and plan[1]:
+                later.append(i)  # an intent without an id: the careful one-by-one path
+            else:
+                todo.append((i, plan[0], plan[1]))
+        creates = [items[i][0].external for i, op, _ in todo if op == "create"]
+        links = self.matcher.resolve(creates, items[0][1].store) if creates else {}
+        ready: list[tuple[int, str, dict | None, Link | None, dict]] = []
+        for i, op, rec in todo:
+            event, ctx = items[i]
+            link = links.get(event.external) if op == "create" else None
+            if isinstance(link, Skip):
+                results[i] = Outcome("skipped", result={"reason": link.reason})
+            elif isinstance(link, Exception):
+                results[i] = link
+            else:
+                req = self._guard(self._render, event, ctx, op, rec, link)
+                if isinstance(req, Exception):
+                    results[i] = req
+                else:
+                    ready.append((i, op, rec, link, req))
+        self._write_collections(items, ready, results)
+        for i in later:
+            results[i] = self._guard(self.deliver, *items[i])
+        return results
+
+    @staticmethod
+    def _guard(fn, *args):
+        try:
+            return fn(*args)
+        except WriteError as exc:
+            return exc
+
+    def _write_collections(self, items, ready, results) -> None:
+        ext = self.cfg.external_id_field
+        groups: dict[tuple[str, str], list] = {}
+        for entry in ready:
+            i, op, rec, link, req = entry
+            if ext:
+                key = ("PATCH", f"composite/sobjects/{self.sobject}/{ext}")
+            elif op == "create":
+                key = ("POST", "composite/sobjects")
+            else:
+                key = ("PATCH", "composite/sobjects")
+            groups.setdefault(key, []).append(entry)
+        for (method, path), entries in groups.items():
+            for start in range(0, len(entries), self.cfg.batch_size):
+                self._write_chunk(items, method, path, entries[start:start + self.cfg.batch_size],
+                                  results)
+
+    def _write_chunk(self, items, method, path, chunk, results) -> None:
+        ext = self.cfg.external_id_field
+        records = []
+        for i, op, rec, link, req in chunk:
+            event, ctx = items[i]
+            record = {"attributes": {"type": self.sobject}, **req["body"]}
+            if ext:
+                record[ext] = event.message_id
+            elif op == "update":
+                record["id"] = rec["object_id"]
+            else:
+                self._write_intent(event, ctx)
+            records.append(record)
+        try:
+            answers = self.client.call(path, method=method, json={"allOrNone": False, "records": records})
+        except WriteError as exc:
+            for i, *_ in chunk:
+                results[i] = exc
+            return
+        if not isinstance(answers, list) or len(answers) != len(chunk):
+            err = TransientError(f"Salesforce {method} {path}: unexpected answer for "
+                                 f"{len(chunk)} records: {str(answers)[:200]}")
+            for i, *_ in chunk:
+                results[i] = err
+            return
+        for (i, op, rec, link, req), answer in zip(chunk, answers):
+            event, ctx = items[i]
+            if answer.get("success"):
+                object_id = answer.get("id") or (rec or {}).get("object_id")
+                results[i] = self._done(event, ctx, req, op, object_id, link, rec, batched=True,
+                                        created=answer.get("created", op == "create"))
+            else:
+                errors = answer.get("errors") or []
+                detail = describe_errors(errors)
+                if error_codes(errors) & TRANSIENT_CODES:
+                    results[i] = TransientError(f"Salesforce: {detail}")
+                else:
+                    results[i] = PermanentError(f"Salesforce refused the record: {detail}")
+
+
+def build_writer(config, mapping: Mapping) -> SalesforceWriter:
+    return SalesforceWriter(config, mapping)

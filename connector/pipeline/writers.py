@@ -6,6 +6,7 @@ from ..crm import hubspot, salesforce
 from ..crm.base import DryRunWriter, Writer
 from ..mapping import Mapping
 
+LIVE_WRITERS = {salesforce.NAME: salesforce.build_writer}
 RENDERERS = {hubspot.NAME: (hubspot.render, "communications"),
              salesforce.NAME: (salesforce.render, "Task")}
 
@@ -22,6 +23,8 @@ def build_writers(config: Config) -> dict[str, Writer]:
         if section.mode == "dry-run":
             renderer, object_type = RENDERERS[name]
             writers[name] = DryRunWriter(name, mapping.object or object_type, renderer, lambda m=mapping: m)
+        elif name in LIVE_WRITERS:
+            writers[name] = LIVE_WRITERS[name](config, mapping)
         else:
             raise NotImplementedError(f"{name}.mode: live mode is not available yet")
     return writers
