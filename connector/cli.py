@@ -47,6 +47,9 @@ def serve(config_path, host, port, no_worker):
     app = create_app(cfg, rt)
     worker = None
     if not no_worker:
+        # Worker threads share the GIL with request threads: hand it over more often so a
+        # rendering worker cannot hold a webhook's acknowledgement for a whole 5 ms slice.
+        sys.setswitchinterval(0.0005)
         worker = rt.worker()
         worker.start()
     host = host or cfg.server.host

@@ -27,6 +27,8 @@ class Runtime:
         self.wake_event = threading.Event()
         self.metrics = Metrics(self.store)
         self._pipeline: Pipeline | None = None
+        self.in_flight = 0  # web requests being answered; workers in this process give way
+        self._in_flight_lock = threading.Lock()
 
     @property
     def pipeline(self) -> Pipeline:
@@ -35,12 +37,21 @@ class Runtime:
                                       metrics=self.metrics)
         return self._pipeline
 
+    def request_started(self) -> None:
+        with self._in_flight_lock:
+            self.in_flight += 1
+
+    def request_finished(self) -> None:
+        with self._in_flight_lock:
+            self.in_flight -= 1
+
     def wake(self) -> None:
         """Nudge in-process workers that new work is stored."""
         self.wake_event.set()
 
     def worker(self) -> Worker:
-        return Worker(self.config, self.store, self.pipeline, self.wake_event)
+        return Worker(self.config, self.store, self.pipeline, self.wake_event,
+                      requests_in_flight=lambda: self.in_flight)
 
 
 def setup_logging(config: Config) -> None:

@@ -6,7 +6,9 @@ a delivery whose lease ran out (its worker died) is simply claimable again.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -103,7 +105,7 @@ class Delivery:
     provider: str = "aircall"
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, writer: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         # Driver autocommit off-switch, so BEGIN below is ours (SQLAlchemy's pysqlite recipe).
@@ -115,20 +117,21 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        # IMMEDIATE: take the write lock up front, so two writers never deadlock upgrading.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if writer:
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            # IMMEDIATE: take the write lock up front, so two writers never deadlock upgrading.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, writer: bool = True) -> Engine:
     if url.startswith("sqlite"):
         path = url[len("sqlite:///"):]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10},
                                pool_size=16, max_overflow=16)
-        _sqlite_pragmas(engine)
+        _sqlite_pragmas(engine, writer)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
@@ -146,6 +149,24 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            # WAL readers never block the writer; keep them off the write lock entirely.
+            self.read_engine = make_engine(url, writer=False)
+            # One writer at a time inside this process queues on a mutex, not on SQLite's
+            # busy handler, which sleeps in steps of up to 100 ms and wrecks webhook p99.
+            self._write_lock = threading.Lock()
+        else:
+            self.read_engine = self.engine
+            self._write_lock = contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def write(self):
+        """A write transaction (committed on exit)."""
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    def read(self):
+        return self.read_engine.connect()
 
     def create_schema(self) -> None:
         """Upgrade the schema to the newest migration (creating it on a new database)."""
@@ -160,7 +181,7 @@ class Store:
                 "\"Schema migrations\") and commit the file it writes")
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             conn.execute(text("SELECT 1"))
 
     # -- the webhook's one durable write -------------------------------------------
@@ -174,7 +195,7 @@ class Store:
             status=status, direction=direction, external=external, received_at=now,
             occurred_at=occurred_at, payload=payload,
         ).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(inbox.c.id)
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             inbox_id = conn.execute(stmt).scalar()
             if inbox_id is None:
                 return None
@@ -201,7 +222,7 @@ class Store:
         q = (select(deliveries.c.id, deliveries.c.target, deliveries.c.message_id)
              .where(and_(*conds)).order_by(deliveries.c.next_at, deliveries.c.id).limit(limit * 4))
         claimed: list[Delivery] = []
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             if self.dialect == "postgresql":
                 # Serialize claimers briefly so the per-record check above holds across them.
                 conn.execute(text("SELECT pg_advisory_xact_lock(7261001)"))
@@ -244,7 +265,7 @@ class Store:
             values["result"] = json.dumps(result)
         if next_at is not None:
             values["next_at"] = next_at
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             res = conn.execute(update(deliveries).where(
                 deliveries.c.id == d.id, deliveries.c.lease_owner == d.lease_owner).values(**values))
         return res.rowcount == 1
@@ -252,7 +273,7 @@ class Store:
     def sweep(self, now: float | None = None) -> int:
         """Release leases that ran out (their worker died); returns how many."""
         now = now or time.time()
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             res = conn.execute(update(deliveries).where(
                 deliveries.c.state.in_(OPEN_STATES), deliveries.c.lease_until.is_not(None),
                 deliveries.c.lease_until <= now).values(lease_until=None, lease_owner=None,
@@ -260,13 +281,13 @@ class Store:
         return res.rowcount
 
     def pending_count(self) -> int:
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             return conn.execute(select(func.count()).select_from(deliveries)
                                 .where(deliveries.c.state.in_(OPEN_STATES))).scalar() or 0
 
     # -- CRM record map ------------------------------------------------------------
     def get_record(self, target: str, message_id: str) -> dict | None:
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             r = conn.execute(select(crm_records).where(
                 crm_records.c.target == target, crm_records.c.message_id == message_id)).first()
         if r is None:
@@ -281,13 +302,13 @@ class Store:
                       data=json.dumps(data or {}), updated_at=now)
         stmt = _insert(crm_records, self.dialect).values(target=target, message_id=message_id, **values)
         stmt = stmt.on_conflict_do_update(index_elements=["target", "message_id"], set_=values)
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             conn.execute(stmt)
 
     # -- contact cache -------------------------------------------------------------
     def get_contact(self, target: str, phone: str, now: float | None = None) -> dict | None:
         now = now or time.time()
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             r = conn.execute(select(contacts).where(
                 contacts.c.target == target, contacts.c.phone == phone,
                 contacts.c.expires_at > now)).first()
@@ -298,7 +319,7 @@ class Store:
         values = dict(record_type=record_type, record_id=record_id, expires_at=time.time() + ttl)
         stmt = _insert(contacts, self.dialect).values(target=target, phone=phone, **values)
         stmt = stmt.on_conflict_do_update(index_elements=["target", "phone"], set_=values)
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             conn.execute(stmt)
 
     def reserve_contact(self, target: str, phone: str, record_type: str, ttl: float,
@@ -337,7 +358,7 @@ class Store:
             if target:
                 sub = sub.where(deliveries.c.target == target)
             q = q.where(inbox.c.id.in_(sub))
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             rows = conn.execute(q).fetchall()
             ids = [r.id for r in rows]
             dels = conn.execute(select(deliveries).where(deliveries.c.inbox_id.in_(ids))).fetchall() if ids else []

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from tenacity import RetryCallState, wait_exponential_jitter
+from tenacity import RetryCallState, wait_exponential, wait_random
 
 from ..config import Config
 from ..crm.base import DeliveryContext, PermanentError, RateLimited, TransientError, Writer
@@ -27,7 +27,8 @@ def backoff_seconds(attempt: int, initial: float, maximum: float) -> float:
     """Exponential backoff with jitter for the ``attempt``-th failure (tenacity's curve)."""
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
     state.attempt_number = attempt
-    return wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)(state)
+    wait = wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial)
+    return min(maximum, wait(state))
 
 
 class Pipeline:
@@ -98,11 +99,15 @@ class Pipeline:
 class Worker:
     """Threads that claim and process deliveries until stopped."""
 
-    def __init__(self, config: Config, store: Store, pipeline: Pipeline, wake: threading.Event | None = None):
+    def __init__(self, config: Config, store: Store, pipeline: Pipeline, wake: threading.Event | None = None,
+                 requests_in_flight=lambda: 0):
         self.config = config
         self.store = store
         self.pipeline = pipeline
         self.wake = wake or threading.Event()
+        # In `serve`, workers share one process (and the GIL and SQLite's write lock) with
+        # the web threads: webhook acknowledgements go first, CRM work waits a moment.
+        self.requests_in_flight = requests_in_flight
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -111,12 +116,18 @@ class Worker:
         owner = owner or new_owner_id()
         done = 0
         while True:
-            batch = self.store.claim(owner, self.config.worker.lease_seconds, limit=1)
+            batch = self.store.claim(owner, self.config.worker.lease_seconds, limit=10)
             if not batch:
                 return done
             for d in batch:
+                self._give_way()
                 self.pipeline.process(d)
                 done += 1
+
+    def _give_way(self, most: float = 0.05) -> None:
+        deadline = time.monotonic() + most
+        while self.requests_in_flight() and time.monotonic() < deadline:
+            time.sleep(0.0005)
 
     def _loop(self) -> None:
         owner = new_owner_id()

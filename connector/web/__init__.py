@@ -11,7 +11,10 @@ from ..runtime import Runtime
 def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
-    app.extensions["connector"] = runtime or Runtime(config)
+    rt = app.extensions["connector"] = runtime or Runtime(config)
+    # Workers running in this process give way while requests are being answered.
+    app.before_request(rt.request_started)
+    app.teardown_request(lambda _exc: rt.request_finished())
 
     from . import health, webhooks
     app.register_blueprint(webhooks.bp)
