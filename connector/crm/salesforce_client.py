@@ -113,7 +113,8 @@ class SalesforceClient:
                     username=c.username, consumer_key=c.consumer_key, privatekey_file=key_file,
                     privatekey=c.private_key or None, domain=c.domain, session=self.session)
         except SalesforceAuthenticationFailed as exc:
-            raise TransientError(f"Salesforce login failed ({c.auth}): {exc.code}: {exc.message}")
+            detail = exc.content.decode("utf-8", "replace") if isinstance(exc.content, bytes) else exc.content
+            raise TransientError(f"Salesforce login failed ({c.auth}): {exc.code}: {detail}")
         except requests.RequestException as exc:
             raise TransientError(f"Salesforce login failed ({c.auth}): {type(exc).__name__}: {exc}")
         except (OSError, ValueError) as exc:  # unreadable or malformed private key

@@ -128,7 +128,7 @@ class Matcher:
         out: dict[str, Link | Skip | WriteError] = {}
         todo: list[str] = []
         for n in dict.fromkeys(numbers):
-            if len(search_digits(n)) < 3 or not n.startswith("+"):
+            if phones.to_e164(n) != n:  # only well-formed E.164 numbers are looked up
                 out[n] = Skip(f"the number {n!r} cannot be matched to a Salesforce record")
                 continue
             cached = store.get_contact(TARGET, n)
