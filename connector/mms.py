@@ -166,27 +166,35 @@ def check_attachment(i: int, att: Attachment, profile: CarrierProfile) -> Attach
     return AttachmentCheck(i, att.source, True, format=fmt, size=size)
 
 
+def message_errors(cfg: OutboundConfig, line: str, to: str, text: str, has_media: bool) -> list[str]:
+    """The rules that need no attachment bytes: line, recipient, text, MMS countries."""
+    errors = []
+    ln = cfg.line(line)
+    if ln is None:
+        errors.append(LINE_UNKNOWN.format(line=line or "(none)"))
+    recipient = recipient_e164(to, line)
+    if recipient is None:
+        errors.append(BAD_RECIPIENT.format(to=to or "(none)"))
+    if len(text) > cfg.max_text_chars:
+        errors.append(TEXT_TOO_LONG.format(n=cfg.max_text_chars))
+    if has_media:
+        countries = _countries(cfg.mms_countries)
+        if ln is not None and region_of(line) not in cfg.mms_countries:
+            errors.append(LINE_COUNTRY.format(countries=countries, line=line))
+        elif ln is not None and not ln.mms:
+            errors.append(LINE_NOT_MMS.format(line=line))
+        if recipient and region_of(recipient) not in cfg.mms_countries:
+            errors.append(COUNTRY.format(countries=countries))
+    if not has_media and not text.strip() and not errors:
+        errors.append(NOTHING_TO_SEND)
+    return errors
+
+
 def validate(cfg: OutboundConfig, line: str, to: str, text: str, attachments: list[Attachment],
              policy: str | None = None) -> Validation:
     """Apply every rule; the result says what will be sent and what was removed, and why."""
-    v = Validation(policy=policy or cfg.policy)
-    ln = cfg.line(line)
-    if ln is None:
-        v.errors.append(LINE_UNKNOWN.format(line=line or "(none)"))
-    recipient = to_e164(to, region_of(line) or "US") if to else None
-    if recipient is None:
-        v.errors.append(BAD_RECIPIENT.format(to=to or "(none)"))
-    if len(text) > cfg.max_text_chars:
-        v.errors.append(TEXT_TOO_LONG.format(n=cfg.max_text_chars))
+    v = Validation(policy=policy or cfg.policy, errors=message_errors(cfg, line, to, text, bool(attachments)))
     profile = profile_for(cfg, line)
-    if attachments:
-        countries = _countries(cfg.mms_countries)
-        if ln is not None and region_of(line) not in cfg.mms_countries:
-            v.errors.append(LINE_COUNTRY.format(countries=countries, line=line))
-        elif ln is not None and not ln.mms:
-            v.errors.append(LINE_NOT_MMS.format(line=line))
-        if recipient and region_of(recipient) not in cfg.mms_countries:
-            v.errors.append(COUNTRY.format(countries=countries))
     total = 0
     for i, att in enumerate(attachments):
         if i >= profile.max_files:
@@ -204,10 +212,10 @@ def validate(cfg: OutboundConfig, line: str, to: str, text: str, attachments: li
             if a.error not in v.errors:
                 v.errors.append(a.error)
     if not v.errors and not text.strip() and not v.media:
-        v.errors.append(NOTHING_TO_SEND if not v.removed else v.removed[0].error)
+        v.errors.append(v.removed[0].error)
     v.ok = not v.errors
     return v
 
 
 def recipient_e164(to: str, line: str) -> str | None:
-    return to_e164(to, region_of(line) or "US") if to else None
+    return to_e164(to, region_of(line) or "US") if to and isinstance(to, str) else None

@@ -29,6 +29,7 @@ class Runtime:
         self._pipeline: Pipeline | None = None
         self.in_flight = 0  # web requests being answered; workers in this process give way
         self._in_flight_lock = threading.Lock()
+        self._sender = None
 
     @property
     def pipeline(self) -> Pipeline:
@@ -45,13 +46,23 @@ class Runtime:
         with self._in_flight_lock:
             self.in_flight -= 1
 
+    @property
+    def outbound(self):
+        """The outbound sender (connector.pipeline.outbound), with its outbox and Aircall client."""
+        if self._sender is None:
+            from .pipeline.outbound import OutboundSender
+            self._sender = OutboundSender(self.config, self.store)
+        return self._sender
+
     def wake(self) -> None:
         """Nudge in-process workers that new work is stored."""
         self.wake_event.set()
 
     def worker(self) -> Worker:
-        return Worker(self.config, self.store, self.pipeline, self.wake_event,
-                      requests_in_flight=lambda: self.in_flight)
+        w = Worker(self.config, self.store, self.pipeline, self.wake_event,
+                   requests_in_flight=lambda: self.in_flight)
+        w.tasks.append(self.outbound)
+        return w
 
 
 def setup_logging(config: Config) -> None:

@@ -92,6 +92,43 @@ contacts = Table(
 )
 
 
+# Outbound sends. ``idem_key`` makes every entry point idempotent (API Idempotency-Key,
+# HubSpot callbackId, Salesforce Notification Id). States: queued -> sending -> sent |
+# failed | unknown; rejected = failed validation, never queued. A send is only retried
+# from ``queued``; ``sending`` whose worker vanished becomes ``unknown``, never re-sent.
+OUT_QUEUED, OUT_SENDING, OUT_SENT, OUT_UNKNOWN, OUT_FAILED, OUT_REJECTED = (
+    "queued", "sending", "sent", "unknown", "failed", "rejected")
+OUT_STATES = (OUT_QUEUED, OUT_SENDING, OUT_SENT, OUT_UNKNOWN, OUT_FAILED, OUT_REJECTED)
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("idem_key", String(300), nullable=False, unique=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("source", String(20), nullable=False),
+    Column("line", String(40), nullable=False),
+    Column("line_id", String(40), nullable=False, default=""),
+    Column("recipient", String(40), nullable=False),
+    Column("text", Text, nullable=False, default=""),
+    Column("media", Text, nullable=False, default="[]"),  # URLs as requested
+    Column("policy", String(10), nullable=False),
+    Column("validated", Integer, nullable=False, default=0),  # bytes checked already?
+    Column("validation", Text, nullable=True),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("provider_message_id", String(200), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("result", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_outbox_due", "state", "next_at"),
+    Index("ix_outbox_provider_id", "provider_message_id"),
+)
+
+
 @dataclass
 class Delivery:
     id: int
@@ -189,20 +226,28 @@ class Store:
                status: str, direction: str, external: str, occurred_at: float,
                payload: str, targets: Iterable[str], now: float | None = None) -> int | None:
         """Store an event and its deliveries; None when it was already stored."""
+        with self.write() as conn:
+            return self._ingest(conn, dedup_key=dedup_key, provider=provider, message_id=message_id,
+                                event_name=event_name, status=status, direction=direction,
+                                external=external, occurred_at=occurred_at, payload=payload,
+                                targets=targets, now=now)
+
+    def _ingest(self, conn, *, dedup_key: str, provider: str, message_id: str, event_name: str,
+                status: str, direction: str, external: str, occurred_at: float,
+                payload: str, targets: Iterable[str], now: float | None = None) -> int | None:
         now = now or time.time()
         stmt = _insert(inbox, self.dialect).values(
             dedup_key=dedup_key, provider=provider, message_id=message_id, event=event_name,
             status=status, direction=direction, external=external, received_at=now,
             occurred_at=occurred_at, payload=payload,
         ).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(inbox.c.id)
-        with self.write() as conn:
-            inbox_id = conn.execute(stmt).scalar()
-            if inbox_id is None:
-                return None
-            rows = [dict(inbox_id=inbox_id, target=t, message_id=message_id, state=PENDING,
-                         attempts=0, next_at=now, updated_at=now) for t in targets]
-            if rows:
-                conn.execute(deliveries.insert(), rows)
+        inbox_id = conn.execute(stmt).scalar()
+        if inbox_id is None:
+            return None
+        rows = [dict(inbox_id=inbox_id, target=t, message_id=message_id, state=PENDING,
+                     attempts=0, next_at=now, updated_at=now) for t in targets]
+        if rows:
+            conn.execute(deliveries.insert(), rows)
         return inbox_id
 
     # -- worker side ---------------------------------------------------------------

@@ -110,6 +110,8 @@ class Worker:
         self.requests_in_flight = requests_in_flight
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
+        # More work sources (the outbound sender): run_once(owner) -> int, sweep() -> int.
+        self.tasks: list = []
 
     def run_once(self, owner: str | None = None) -> int:
         """Claim and process what is due now; returns how many deliveries ran."""
@@ -133,7 +135,10 @@ class Worker:
         owner = new_owner_id()
         while not self.stop_event.is_set():
             try:
-                if self.run_once(owner) == 0:
+                done = self.run_once(owner)
+                for task in self.tasks:
+                    done += task.run_once(owner)
+                if done == 0:
                     self.wake.wait(self.config.worker.poll_interval)
                     self.wake.clear()
             except Exception:  # store unreachable, etc.: keep the worker alive
@@ -144,6 +149,8 @@ class Worker:
         while not self.stop_event.wait(self.config.worker.sweep_interval):
             try:
                 n = self.store.sweep()
+                for task in self.tasks:
+                    task.sweep()
                 if n:
                     log.warning("sweep: released %d expired leases", n)
                     self.wake.set()

@@ -181,3 +181,161 @@ def parse(body: Any) -> MessageEvent:
         provider_status=provider_status,
         raw=body,
     )
+
+
+# -- sending -----------------------------------------------------------------------------
+# Whether Aircall took the message decides everything: a send is retried only when it
+# surely did not (no connection made, 429, 503); anything ambiguous (read timeout,
+# connection dropped after the request went out, other 5xx) is ``unknown`` and is
+# reconciled, never sent again blindly.
+
+SEND_PATHS = {"native": "/numbers/{id}/messages/native/send", "proxy": "/numbers/{id}/messages/send"}
+RETRY, REJECTED, AMBIGUOUS = "retry", "rejected", "unknown"
+
+
+class SendError(Exception):
+    """``kind``: retry (not accepted; ``retry_after`` seconds if known), rejected
+    (4xx: retrying cannot help), unknown (may have been accepted)."""
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None,
+                 retry_after: float | None = None, body: str = ""):
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+        super().__init__(message)
+
+
+class SendClient:
+    def __init__(self, cfg, session=None, clock=None):
+        import requests
+        import time as _time
+
+        self.cfg = cfg
+        self.session = session or requests.Session()
+        self.clock = clock or _time.time
+        self.blocked_until = 0.0  # from X-AircallApi-Remaining: 0 / 429, shared by senders
+
+    def _auth(self) -> dict:
+        import base64
+        if self.cfg.oauth_token:
+            return {"Authorization": f"Bearer {self.cfg.oauth_token}"}
+        if self.cfg.api_id and self.cfg.api_token:
+            basic = base64.b64encode(f"{self.cfg.api_id}:{self.cfg.api_token}".encode()).decode()
+            return {"Authorization": f"Basic {basic}"}
+        raise SendError(REJECTED, "no Aircall credentials: set aircall.api_id and aircall.api_token, "
+                                  "or aircall.oauth_token")
+
+    def url(self, number_id: str) -> str:
+        from urllib.parse import quote
+        return self.cfg.api_base_url.rstrip("/") + SEND_PATHS[self.cfg.send_mode].format(id=quote(str(number_id), safe=""))
+
+    @staticmethod
+    def body(to: str, text: str, media: list[str]) -> dict:
+        out: dict[str, Any] = {"to": to}
+        if text:
+            out["body"] = text
+        if media:
+            out["mediaUrl"] = list(media)  # the SDK's field name (see docs/aircall.md §10.3)
+        return out
+
+    def send(self, number_id: str, to: str, text: str, media: list[str]) -> dict:
+        """POST one message; returns Aircall's Message object. Retries in-process while the
+        wait is at most ``send_max_wait``; otherwise raises SendError for the caller."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+        max_wait = self.cfg.send_max_wait
+
+        def retryable(exc: BaseException) -> bool:
+            return (isinstance(exc, SendError) and exc.kind == RETRY
+                    and (exc.retry_after or 0) <= max_wait)
+
+        def wait(state) -> float:
+            exc = state.outcome.exception()
+            return min(max_wait, exc.retry_after if exc.retry_after is not None else 1.0)
+
+        for attempt in Retrying(retry=retry_if_exception(retryable), wait=wait, reraise=True,
+                                stop=stop_after_attempt(self.cfg.send_max_attempts)):
+            with attempt:
+                return self._send_once(number_id, to, text, media)
+        raise AssertionError("unreachable")
+
+    def _send_once(self, number_id: str, to: str, text: str, media: list[str]) -> dict:
+        import requests
+        from urllib3.exceptions import NewConnectionError
+
+        now = self.clock()
+        if self.blocked_until > now:
+            raise SendError(RETRY, "Aircall rate limit: waiting for the window to reset",
+                            retry_after=self.blocked_until - now)
+        headers = self._auth()
+        try:
+            resp = self.session.post(self.url(number_id), json=self.body(to, text, media), headers=headers,
+                                     timeout=(self.cfg.send_connect_timeout, self.cfg.send_read_timeout))
+        except requests.ConnectTimeout as exc:
+            raise SendError(RETRY, "could not connect to Aircall (timeout)") from exc
+        except requests.ConnectionError as exc:
+            reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+            if isinstance(reason, NewConnectionError):
+                raise SendError(RETRY, "could not connect to Aircall") from exc
+            raise SendError(AMBIGUOUS, f"connection to Aircall broke during the send: {type(exc).__name__}") from exc
+        except requests.Timeout as exc:
+            raise SendError(AMBIGUOUS, "Aircall did not answer in time; the message may have been sent") from exc
+        self._note_rate_limit(resp)
+        status = resp.status_code
+        text_body = resp.text[:500]
+        if status in (429, 503):
+            retry_after = _retry_after(resp, self.clock())
+            if status == 429:
+                self.blocked_until = max(self.blocked_until, self.clock() + (retry_after or 1.0))
+            raise SendError(RETRY, f"Aircall answered {status}", status=status,
+                            retry_after=retry_after, body=text_body)
+        if status >= 500:
+            raise SendError(AMBIGUOUS, f"Aircall answered {status}; the message may have been sent",
+                            status=status, body=text_body)
+        if status >= 400 or status < 200:
+            raise SendError(REJECTED, f"Aircall refused the message: {status} {text_body}".strip(),
+                            status=status, body=text_body)
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not data.get("id"):
+            raise SendError(AMBIGUOUS, f"Aircall answered {status} without a message id", status=status,
+                            body=text_body)
+        return data
+
+    def _note_rate_limit(self, resp) -> None:
+        remaining = resp.headers.get("X-AircallApi-Remaining")
+        if remaining is not None and remaining.strip() == "0":
+            reset = _reset_at(resp.headers.get("X-AircallApi-Reset"), self.clock())
+            if reset:
+                self.blocked_until = max(self.blocked_until, reset)
+
+
+def _reset_at(value: str | None, now: float) -> float | None:
+    """X-AircallApi-Reset: a UNIX time (seconds or ms); small values taken as seconds from now."""
+    try:
+        v = float(value) if value is not None else None
+    except ValueError:
+        return None
+    if v is None:
+        return None
+    if v > 1e11:
+        v /= 1000
+    return v if v > 1e9 else now + v
+
+
+def _retry_after(resp, now: float) -> float | None:
+    ra = resp.headers.get("Retry-After")
+    if ra is not None:
+        try:
+            return max(0.0, float(ra))
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+            try:
+                return max(0.0, parsedate_to_datetime(ra).timestamp() - now)
+            except (TypeError, ValueError):
+                pass
+    reset = _reset_at(resp.headers.get("X-AircallApi-Reset"), now)
+    return max(0.0, reset - now) if reset else None

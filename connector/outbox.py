@@ -1,0 +1,222 @@
+"""The outbox: durable, idempotent outbound sends (table ``outbox`` in connector.store).
+
+Every entry point queues here first, keyed by its own idempotency key, and answers only
+after the commit. Workers claim queued rows with a lease; the row becomes ``sending``
+just before the provider call, so a worker that dies mid-call leaves a ``sending`` row
+that the sweep turns into ``unknown``: it is reconciled, never sent again by itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from .store import (
+    OUT_FAILED, OUT_QUEUED, OUT_REJECTED, OUT_SENDING, OUT_SENT, OUT_UNKNOWN, Store, _insert,
+    inbox, outbox,
+)
+
+
+def request_hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class OutboundMessage:
+    id: int
+    idem_key: str
+    request_hash: str
+    source: str
+    line: str
+    line_id: str
+    recipient: str
+    text: str
+    media: list[str]
+    policy: str
+    validated: bool
+    validation: dict | None
+    state: str
+    attempts: int
+    provider_message_id: str | None
+    error: str | None
+    result: dict | None
+    created_at: float
+    lease_owner: str | None = None
+
+    @property
+    def public_id(self) -> str:
+        return f"out_{self.id}"
+
+    def to_dict(self) -> dict:
+        return {"id": self.public_id, "state": self.state, "source": self.source,
+                "from": self.line, "to": self.recipient, "text": self.text, "media": self.media,
+                "provider_message_id": self.provider_message_id, "error": self.error,
+                "validation": self.validation, "attempts": self.attempts}
+
+
+def _row(r) -> OutboundMessage:
+    return OutboundMessage(
+        id=r.id, idem_key=r.idem_key, request_hash=r.request_hash, source=r.source, line=r.line,
+        line_id=r.line_id, recipient=r.recipient, text=r.text, media=json.loads(r.media),
+        policy=r.policy, validated=bool(r.validated),
+        validation=json.loads(r.validation) if r.validation else None, state=r.state,
+        attempts=r.attempts, provider_message_id=r.provider_message_id, error=r.error,
+        result=json.loads(r.result) if r.result else None, created_at=r.created_at,
+        lease_owner=r.lease_owner)
+
+
+class Outbox:
+    def __init__(self, store: Store):
+        self.store = store
+        self.engine = store.engine
+
+    def enqueue(self, items: list[dict]) -> list[tuple[OutboundMessage, bool]]:
+        """Insert each item (keys: idem_key, request_hash, source, line, line_id, recipient,
+        text, media, policy, validated, validation, state) unless its key exists; all in one
+        transaction. Returns (row, created) per item, in order."""
+        now = time.time()
+        out = []
+        with self.store.write() as conn:
+            for item in items:
+                values = dict(item, media=json.dumps(item.get("media", [])),
+                              validation=json.dumps(item["validation"]) if item.get("validation") else None,
+                              validated=int(bool(item.get("validated"))), attempts=0, next_at=now,
+                              created_at=now, updated_at=now, error=item.get("error"))
+                stmt = (_insert(outbox, self.store.dialect).values(**values)
+                        .on_conflict_do_nothing(index_elements=["idem_key"]).returning(outbox.c.id))
+                new_id = conn.execute(stmt).scalar()
+                row = conn.execute(select(outbox).where(outbox.c.idem_key == item["idem_key"])).first()
+                out.append((_row(row), new_id is not None))
+        return out
+
+    def get(self, id_: int) -> OutboundMessage | None:
+        with self.store.read() as conn:
+            r = conn.execute(select(outbox).where(outbox.c.id == id_)).first()
+        return _row(r) if r else None
+
+    def get_by_key(self, idem_key: str) -> OutboundMessage | None:
+        with self.store.read() as conn:
+            r = conn.execute(select(outbox).where(outbox.c.idem_key == idem_key)).first()
+        return _row(r) if r else None
+
+    def list(self, state: str | None = None, limit: int = 100) -> list[OutboundMessage]:
+        q = select(outbox).order_by(outbox.c.id.desc()).limit(limit)
+        if state:
+            q = q.where(outbox.c.state == state)
+        with self.store.read() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    # -- worker side -----------------------------------------------------------------
+    def claim(self, owner: str, lease_seconds: float, limit: int = 5,
+              now: float | None = None) -> list[OutboundMessage]:
+        now = now or time.time()
+        due = and_(outbox.c.state == OUT_QUEUED, outbox.c.next_at <= now,
+                   or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now))
+        with self.store.write() as conn:
+            ids = [r.id for r in conn.execute(select(outbox.c.id).where(due)
+                                              .order_by(outbox.c.next_at, outbox.c.id).limit(limit))]
+            claimed = []
+            for id_ in ids:  # conditional update: another claimer may have won this row
+                res = conn.execute(update(outbox).where(outbox.c.id == id_, due).values(
+                    lease_until=now + lease_seconds, lease_owner=owner, updated_at=now))
+                if res.rowcount == 1:
+                    claimed.append(id_)
+            rows = conn.execute(select(outbox).where(outbox.c.id.in_(claimed)).order_by(outbox.c.id))
+            return [_row(r) for r in rows]
+
+    def update(self, m: OutboundMessage, *, expect: str | None = None, **values) -> bool:
+        """Change a claimed row; False when the lease (or the expected state) was lost."""
+        values = {k: (json.dumps(v) if k in ("validation", "result", "media") and v is not None else v)
+                  for k, v in values.items()}
+        if "validated" in values:
+            values["validated"] = int(bool(values["validated"]))
+        values["updated_at"] = time.time()
+        conds = [outbox.c.id == m.id, outbox.c.lease_owner == m.lease_owner]
+        if expect:
+            conds.append(outbox.c.state == expect)
+        with self.store.write() as conn:
+            return conn.execute(update(outbox).where(*conds).values(**values)).rowcount == 1
+
+    def begin_send(self, m: OutboundMessage) -> bool:
+        """queued -> sending, right before the provider call; False if the lease was lost."""
+        return self.update(m, expect=OUT_QUEUED, state=OUT_SENDING, attempts=m.attempts + 1)
+
+    def park(self, m: OutboundMessage, next_at: float, error: str) -> None:
+        """sending -> queued: the provider surely did not take it; try again at ``next_at``."""
+        self.update(m, state=OUT_QUEUED, next_at=next_at, error=error, lease_until=None, lease_owner=None)
+
+    def finish(self, m: OutboundMessage, state: str, **values) -> None:
+        self.update(m, state=state, lease_until=None, lease_owner=None, **values)
+
+    def mark_sent(self, m: OutboundMessage, provider_message_id: str, result: dict,
+                  log_event: dict | None) -> None:
+        """sending -> sent and (same transaction) the CRM log event into the inbox."""
+        now = time.time()
+        with self.store.write() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == m.id).values(
+                state=OUT_SENT, provider_message_id=provider_message_id, result=json.dumps(result),
+                error=None, lease_until=None, lease_owner=None, updated_at=now))
+            if log_event:
+                self.store._ingest(conn, **log_event)
+
+    def sweep(self, now: float | None = None) -> int:
+        """``sending`` rows whose worker vanished become ``unknown`` (maybe sent, maybe not)."""
+        now = now or time.time()
+        with self.store.write() as conn:
+            res = conn.execute(update(outbox).where(
+                outbox.c.state == OUT_SENDING, outbox.c.lease_until.is_not(None),
+                outbox.c.lease_until <= now).values(
+                    state=OUT_UNKNOWN, lease_until=None, lease_owner=None, updated_at=now,
+                    error="the worker stopped during the send: it may or may not have gone out"))
+        return res.rowcount
+
+    # -- reconciling unknown sends -----------------------------------------------------
+    def reconcile(self, parse, window: float, now: float | None = None) -> list[tuple[int, str]]:
+        """Link ``unknown`` sends to the provider's outbound message events with the same
+        line, recipient and text, received within ``window`` seconds of the send; returns
+        (outbox id, provider message id) for each link made."""
+        now = now or time.time()
+        linked = []
+        with self.store.write() as conn:
+            unknown = conn.execute(select(outbox).where(
+                outbox.c.state == OUT_UNKNOWN, outbox.c.created_at >= now - 7 * 86400)).fetchall()
+            for u in unknown:
+                taken = select(outbox.c.provider_message_id).where(outbox.c.provider_message_id.is_not(None))
+                candidates = conn.execute(select(inbox).where(
+                    inbox.c.direction == "outbound", inbox.c.external == u.recipient,
+                    inbox.c.occurred_at >= u.created_at - 60, inbox.c.occurred_at <= u.created_at + window,
+                    inbox.c.message_id.not_in(taken)).order_by(inbox.c.occurred_at)).fetchall()
+                for c in candidates:
+                    try:
+                        ev = parse(json.loads(c.payload))
+                    except Exception:
+                        continue
+                    if ev.text.strip() == u.text.strip() and ev.line in ("", u.line):
+                        conn.execute(update(outbox).where(outbox.c.id == u.id, outbox.c.state == OUT_UNKNOWN)
+                                     .values(state=OUT_SENT, provider_message_id=c.message_id,
+                                             error=None, updated_at=now))
+                        linked.append((u.id, c.message_id))
+                        break
+        return linked
+
+    def resolve(self, id_: int, state: str, provider_message_id: str | None = None) -> bool:
+        """Operator decision on an ``unknown`` (or ``failed``) send: sent, failed, or queued
+        (send it again: only when the operator knows it did not go out)."""
+        assert state in (OUT_SENT, OUT_FAILED, OUT_QUEUED)
+        values: dict[str, Any] = dict(state=state, updated_at=time.time(), lease_until=None, lease_owner=None)
+        if provider_message_id:
+            values["provider_message_id"] = provider_message_id
+        if state == OUT_QUEUED:
+            values["next_at"] = time.time()
+        with self.store.write() as conn:
+            return conn.execute(update(outbox).where(
+                outbox.c.id == id_, outbox.c.state.in_((OUT_UNKNOWN, OUT_FAILED)))
+                .values(**values)).rowcount == 1
+
+
+__all__ = ["Outbox", "OutboundMessage", "request_hash", "OUT_QUEUED", "OUT_SENDING", "OUT_SENT",
+           "OUT_UNKNOWN", "OUT_FAILED", "OUT_REJECTED"]

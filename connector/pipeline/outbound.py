@@ -1,0 +1,175 @@
+"""The sender: claims queued outbound messages, validates what is not validated yet,
+sends through Aircall, and logs each sent message to the CRMs like any other message.
+
+Never twice: the row turns ``sending`` before the call; Aircall errors that prove the
+message was not taken (no connection, 429, 503) put it back in ``queued`` with a wait;
+a 4xx makes it ``failed``; anything ambiguous (read timeout, other 5xx, a crash) makes it
+``unknown``. Unknown sends are linked later to the Aircall ``message.sent`` webhook with
+the same line, recipient and text (``reconcile``), or resolved by an operator.
+
+The CRM log: after a send, the Aircall Message object is stored in the inbox as a
+``message.sent`` event (same transaction as the ``sent`` state). Its dedup key and CRM
+record key are Aircall's message id, so Aircall's own ``message.sent`` webhook for it is a
+duplicate, and ``message.status_updated`` updates the same CRM entry.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from .. import mms
+from ..config import Config
+from ..fetch import FetchPolicy
+from ..outbox import OUT_FAILED, OUT_REJECTED, OUT_UNKNOWN, OutboundMessage, Outbox
+from ..phones import region_of
+from ..providers import aircall
+from ..store import Store
+from .worker import backoff_seconds
+
+log = logging.getLogger("connector.outbound")
+
+
+def media_to_send(validation: dict | None, requested: list[str]) -> list[str]:
+    if not validation:
+        return requested
+    return [a["source"] for a in validation.get("attachments", []) if a.get("ok")]
+
+
+def log_event(m: OutboundMessage, response: dict, media: list[str], config: Config) -> dict:
+    """The inbox row (Store.ingest kwargs) that logs a sent message to the CRMs."""
+    data = dict(response)
+    data.setdefault("direction", "outbound")
+    data.setdefault("body", m.text)
+    data["external_number"] = data.get("external_number") or m.recipient
+    number = dict(data["number"]) if isinstance(data.get("number"), dict) else {}
+    number.setdefault("digits", m.line)
+    number.setdefault("country", region_of(m.line) or "")
+    data["number"] = number
+    if not data.get("media_url") and not data.get("media_details"):
+        data["media_url"] = media
+    now_ms = int(time.time() * 1000)
+    data.setdefault("created_at", now_ms)
+    envelope = {"resource": "message", "event": "message.sent", "timestamp": now_ms,
+                "origin": "mms-connector outbox", "outbox_id": m.public_id, "data": data}
+    ev = aircall.parse(envelope)
+    return dict(dedup_key=ev.dedup_key, provider=ev.provider, message_id=ev.message_id,
+                event_name=ev.event, status=ev.status, direction=ev.direction, external=ev.external,
+                occurred_at=ev.occurred_at.timestamp(), payload=json.dumps(envelope),
+                targets=config.targets())
+
+
+class OutboundSender:
+    def __init__(self, config: Config, store: Store, client: aircall.SendClient | None = None,
+                 fetch_policy: FetchPolicy | None = None):
+        self.config = config
+        self.store = store
+        self.outbox = Outbox(store)
+        self.client = client or aircall.SendClient(config.aircall)
+        self.fetch_policy = fetch_policy or FetchPolicy.from_config(config.fetch)
+
+    def run_once(self, owner: str | None = None) -> int:
+        from ..store import new_owner_id
+        owner = owner or new_owner_id()
+        done = 0
+        while True:
+            batch = self.outbox.claim(owner, self.config.worker.lease_seconds, limit=1)
+            if not batch:
+                return done
+            for m in batch:
+                self.process(m)
+                done += 1
+
+    def sweep(self) -> int:
+        n = self.outbox.sweep()
+        linked = self.outbox.reconcile(aircall.parse, self.config.outbound.reconcile_window_seconds)
+        for out_id, msg_id in linked:
+            log.info("outbound out_%s: unknown send linked to Aircall message %s", out_id, msg_id)
+        return n + len(linked)
+
+    def process(self, m: OutboundMessage) -> str:
+        validation = m.validation
+        if not m.validated:  # queued without fetching (Salesforce): check the bytes now
+            profile = mms.profile_for(self.config.outbound, m.line)
+            loaded = mms.load(m.media, profile, self.fetch_policy)
+            v = mms.validate(self.config.outbound, m.line, m.recipient, m.text, loaded, m.policy)
+            validation = v.to_dict()
+            if not v.ok:
+                self.outbox.finish(m, OUT_REJECTED, validation=validation, validated=True,
+                                   error="; ".join(v.errors))
+                log.info("outbound %s: rejected: %s", m.public_id, "; ".join(v.errors))
+                return OUT_REJECTED
+            self.outbox.update(m, validation=validation, validated=True)
+        media = media_to_send(validation, m.media)
+        if not self.outbox.begin_send(m):
+            return "lost"
+        try:
+            response = self.client.send(m.line_id, m.recipient, m.text, media)
+        except aircall.SendError as exc:
+            return self._failed_send(m, exc)
+        except Exception as exc:  # a bug after the request may have gone out: do not resend
+            log.exception("outbound %s: unexpected error while sending", m.public_id)
+            self.outbox.finish(m, OUT_UNKNOWN, error=f"{type(exc).__name__}: {exc}")
+            return OUT_UNKNOWN
+        self.outbox.mark_sent(m, str(response["id"]), response, log_event(m, response, media, self.config))
+        log.info("outbound %s: sent as Aircall message %s", m.public_id, response["id"])
+        return "sent"
+
+    def _failed_send(self, m: OutboundMessage, exc: aircall.SendError) -> str:
+        if exc.kind == aircall.RETRY:
+            attempts = m.attempts + 1
+            if attempts >= self.config.worker.max_attempts:
+                self.outbox.finish(m, OUT_FAILED, error=f"gave up after {attempts} attempts: {exc}")
+                return OUT_FAILED
+            w = self.config.worker
+            wait = max(exc.retry_after or 0, backoff_seconds(attempts, w.backoff_initial, w.backoff_max))
+            self.outbox.park(m, time.time() + wait, str(exc))
+            log.info("outbound %s: not accepted (%s), retry in %.1fs", m.public_id, exc, wait)
+            return "queued"
+        state = OUT_FAILED if exc.kind == aircall.REJECTED else OUT_UNKNOWN
+        self.outbox.finish(m, state, error=str(exc))
+        log.warning("outbound %s: %s: %s", m.public_id, state, exc)
+        return state
+
+
+# -- the entry points' side: turn a request into an outbox row ----------------------------
+
+def split_media(value) -> list[str]:
+    """A list of URLs, or one string of URLs separated by spaces, commas or new lines."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [u for u in value.replace(",", " ").split() if u]
+    if isinstance(value, list) and all(isinstance(u, str) for u in value):
+        return [u.strip() for u in value if u.strip()]
+    raise ValueError("media must be a list of URLs or a string of URLs")
+
+
+def prepare(config: Config, *, source: str, idem_key: str, line: str, to: str, text: str,
+            media: list[str], policy: str | None, check_bytes: bool, fetch_policy: FetchPolicy,
+            request_hash: str) -> tuple[dict, dict]:
+    """Validate a send request; returns (outbox item, validation dict). With
+    ``check_bytes`` the attachments are fetched and checked now; without, only the rules
+    that need no bytes are checked and the sender checks the bytes before sending."""
+    from ..outbox import OUT_QUEUED
+    from ..phones import to_e164
+
+    cfg = config.outbound
+    line = (to_e164(line) or line) if line else cfg.default_line
+    policy = policy or cfg.policy
+    recipient = mms.recipient_e164(to, line) or (to or "")
+    if check_bytes:
+        loaded = mms.load(media, mms.profile_for(cfg, line), fetch_policy)
+        v = mms.validate(cfg, line, to, text, loaded, policy)
+        validation = v.to_dict()
+    else:
+        errors = mms.message_errors(cfg, line, to, text, bool(media))
+        validation = {"ok": not errors, "policy": policy, "errors": errors, "attachments": [],
+                      "removed": [], "pending": "attachments are checked before sending"}
+    ln = cfg.line(line)
+    item = dict(idem_key=idem_key, request_hash=request_hash, source=source, line=line,
+                line_id=ln.id if ln else "", recipient=recipient, text=text, media=media,
+                policy=policy, validated=check_bytes, validation=validation,
+                state=OUT_QUEUED if validation["ok"] else OUT_REJECTED,
+                error=None if validation["ok"] else "; ".join(validation["errors"]))
+    return item, validation
