@@ -81,19 +81,72 @@ class AircallConfig(_Section):
         return v
 
 
+def _check_time_zone(name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as America/New_York)")
+
+
 class UnknownNumberPolicy(_Section):
     action: Literal["create", "skip"] = "skip"
+
+
+class HubSpotUnknownNumber(UnknownNumberPolicy):
+    # A new contact's names; {e164}, {national} and {international} stand for the number.
+    firstname: str = ""
+    lastname: str = "{international}"
+
+
+HUBSPOT_MATCH_PROPERTIES = ["phone", "mobilephone", "hs_searchable_calculated_phone_number",
+                            "hs_searchable_calculated_mobile_number"]
 
 
 class HubSpotConfig(_Section):
     mode: Literal["live", "dry-run", "off"] = "dry-run"
     base_url: str = "https://api.hubapi.com"
+    mapping: str = "mappings/hubspot.yaml"
+    # Auth: a private-app token, or OAuth 2 (client id + secret + refresh token).
     access_token: str = ""
     client_id: str = ""
     client_secret: str = ""
     refresh_token: str = ""
-    mapping: str = "mappings/hubspot.yaml"
-    model_config = ConfigDict(extra="allow")
+    # Contact matching.
+    match_properties: list[str] = Field(default_factory=lambda: list(HUBSPOT_MATCH_PROPERTIES),
+                                        min_length=1, max_length=5)
+    multiple_matches: Literal["oldest", "newest", "last_modified"] = "oldest"
+    unknown_number: HubSpotUnknownNumber = Field(default_factory=HubSpotUnknownNumber)
+    contact_cache_ttl: float = Field(86400, ge=0)
+    unmatched_cache_ttl: float = Field(60, ge=0)
+    # The entry.
+    owner_id: str = ""
+    associate_company: bool = False
+    contact_association_type_id: int = Field(81, ge=1)
+    company_association_type_id: int = Field(87, ge=1)
+    message_id_property: str = ""
+    # Calls.
+    requests_per_10s: int = Field(100, ge=1)
+    searches_per_second: float = Field(4, gt=0)
+    connect_timeout: float = Field(5, gt=0)
+    read_timeout: float = Field(20, gt=0)
+    retries: int = Field(3, ge=1, le=10)
+    retry_initial: float = Field(0.5, gt=0)
+    retry_max: float = Field(10, gt=0)
+    batch_size: int = Field(100, ge=1, le=100)
+    time_zone: str = ""
+
+    @model_validator(mode="after")
+    def _live_needs_credentials(self) -> "HubSpotConfig":
+        oauth = (self.client_id, self.client_secret, self.refresh_token)
+        if any(oauth) and not all(oauth):
+            raise ValueError("OAuth needs all of client_id, client_secret and refresh_token")
+        if self.mode == "live" and not self.access_token and not all(oauth):
+            raise ValueError("live mode needs access_token (private app) or client_id, "
+                             "client_secret and refresh_token (OAuth)")
+        if self.time_zone:
+            _check_time_zone(self.time_zone)
+        return self
 
 
 class SalesforceMatchConfig(_Section):

@@ -57,3 +57,15 @@ def international(e164: str) -> str:
 
 def digits(e164: str) -> str:
     return "".join(ch for ch in e164 if ch.isdigit())
+
+
+def national_digits(e164: str) -> str:
+    """The national significant number, digits only: '+14155550142' -> '4155550142'.
+
+    What CRMs store as "phone number without country code" (no trunk prefix).
+    """
+    try:
+        num = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return digits(e164)
+    return phonenumbers.national_significant_number(num)

@@ -368,15 +368,24 @@ class Store:
             conn.execute(stmt)
 
     def reserve_contact(self, target: str, phone: str, record_type: str, ttl: float,
-                        now: float | None = None) -> bool:
-        """Insert a marker row unless a live row exists (atomic across workers); True if ours."""
+                        now: float | None = None, replaces: tuple[str, ...] = ()) -> bool:
+        """Insert a marker row unless a live row exists (atomic across workers); True if ours.
+        A live row whose record_type is in ``replaces`` (e.g. a cached "no contact") is taken over."""
         now = now or time.time()
         values = dict(record_type=record_type, record_id=None, expires_at=now + ttl)
         stmt = _insert(contacts, self.dialect).values(target=target, phone=phone, **values)
+        free = contacts.c.expires_at <= now
+        if replaces:
+            free = or_(free, contacts.c.record_type.in_(replaces))
+        # RETURNING, not rowcount: PostgreSQL's driver reports no rowcount for an upsert.
         stmt = stmt.on_conflict_do_update(index_elements=["target", "phone"], set_=values,
-                                          where=contacts.c.expires_at <= now)
+                                          where=free).returning(contacts.c.phone)
         with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount == 1
+            return conn.execute(stmt).first() is not None
+
+    def drop_contact(self, target: str, phone: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(contacts.delete().where(contacts.c.target == target, contacts.c.phone == phone))
 
     def mapped_object_ids(self, target: str, object_ids: Iterable[str]) -> set[str]:
         """Which of these CRM record ids already show one of our messages."""

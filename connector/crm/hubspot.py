@@ -1,25 +1,298 @@
-"""HubSpot: one Communications object (SMS channel) per message, on the contact's timeline."""
+"""HubSpot: one Communications object (SMS channel) per message, on the contact's timeline.
+
+``render`` builds the exact request (method, path, body) for dry-run, ``preview`` and
+the live writer alike. The live writer matches the contact (hubspot_contacts), then
+creates or updates the communication through hubspot_api.
+
+Idempotency: ``crm_records`` maps our message id to the communication. Before a create,
+an *intent* row (no object id yet) is written; a later attempt that finds an intent
+and no id knows an earlier create may have landed with its answer lost, so it searches
+HubSpot for that communication (by ``hubspot.message_id_property`` when configured,
+else by contact + hs_timestamp + channel) before creating again.
+"""
 from __future__ import annotations
 
-from ..events import MessageEvent
+import time
+
+from ..events import MessageEvent, status_advances
 from ..mapping import Mapping
-from .base import DeliveryContext, entry_kind, template_context
+from .base import DeliveryContext, Outcome, PermanentError, TransientError, WriteError, entry_kind, template_context
+from .hubspot_api import Ambiguous, HubSpotApi, describe
+from .hubspot_contacts import Contact, ContactMatcher, Unmatched
 
 NAME = "hubspot"
+OBJECT_TYPE = "communications"
 CONTACT_PLACEHOLDER = "{contact_id}"
+COMPANY_PLACEHOLDER = "{company_id}"
 COMMUNICATION_TO_CONTACT = 81  # HUBSPOT_DEFINED association type id
+COMMUNICATION_TO_COMPANY = 87
+FIXED = {"hs_communication_channel_type": "SMS", "hs_communication_logged_from": "CRM"}
+SEARCH_LAG = 10.0  # seconds HubSpot's search may lag behind a create
+
+
+def _association(object_id: str, type_id: int) -> dict:
+    return {"to": {"id": object_id},
+            "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]}
 
 
 def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: Mapping,
-           contact_id: str = CONTACT_PLACEHOLDER, object_id: str = "{communication_id}") -> dict:
+           contact_id: str = CONTACT_PLACEHOLDER, object_id: str = "{communication_id}",
+           company_id: str | None = COMPANY_PLACEHOLDER) -> dict:
     """The request HubSpot receives for this event (create or update)."""
+    cfg = ctx.config.hubspot
     props = mapping.render(entry_kind(event, operation), template_context(event, ctx))
     props = {k: ("" if v is None else str(v)) for k, v in props.items()}
     if operation == "update":
         return {"method": "PATCH", "path": f"/crm/v3/objects/communications/{object_id}",
                 "body": {"properties": props}}
+    for key, value in FIXED.items():  # what makes it an SMS logged from the CRM
+        props.setdefault(key, value)
+    props.setdefault("hs_timestamp", str(event.occurred_at_ms))
+    if cfg.owner_id:
+        props.setdefault("hubspot_owner_id", cfg.owner_id)
+    if cfg.message_id_property:
+        props[cfg.message_id_property] = event.message_id
+    associations = [_association(contact_id, cfg.contact_association_type_id)]
+    if cfg.associate_company and company_id:
+        associations.append(_association(company_id, cfg.company_association_type_id))
     return {"method": "POST", "path": "/crm/v3/objects/communications",
-            "body": {"properties": props, "associations": [{
-                "to": {"id": contact_id},
-                "types": [{"associationCategory": "HUBSPOT_DEFINED",
-                           "associationTypeId": COMMUNICATION_TO_CONTACT}]}]}}
+            "body": {"properties": props, "associations": associations}}
+
+
+def build_writer(config, mapping: Mapping) -> "HubSpotWriter":
+    return HubSpotWriter(config, lambda: mapping)
+
+
+class HubSpotWriter:
+    """Live mode: writes through the hubspot-api-client; ``deliver_many`` batches a burst."""
+
+    name = NAME
+
+    def __init__(self, config, mapping, api: HubSpotApi | None = None):
+        self.config = config
+        self.cfg = config.hubspot
+        self.mapping = mapping  # callable returning the current Mapping
+        self.api = api or HubSpotApi(self.cfg, config.time_zone)
+        self.contacts = ContactMatcher(self.api, self.cfg)
+        self._checked_types: set[str] = set()
+
+    def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome:
+        result = self.deliver_many([(event, ctx)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    # -- one burst -------------------------------------------------------------------
+    def deliver_many(self, items: list) -> list:
+        """One Outcome or exception per (event, ctx), in order."""
+        results: list = [None] * len(items)
+        store = items[0][1].store if items else None
+        creates, updates = [], []
+        for i, (event, ctx) in enumerate(items):
+            rec = store.get_record(NAME, event.message_id)
+            if rec and rec["object_id"]:
+                self._plan_update(i, event, rec, results, updates)
+            else:
+                creates.append((i, rec))
+        if creates:
+            try:
+                self._creates(items, creates, results, updates)
+            except Exception as exc:  # a failure that stops every create in the burst
+                for i, _ in creates:
+                    if results[i] is None and not any(u[0] == i for u in updates):
+                        results[i] = exc
+        if updates:
+            self._updates(items, updates, results)
+        return results
+
+    def _plan_update(self, i, event, rec, results, updates) -> None:
+        if status_advances(rec["status"], event.status):
+            updates.append((i, rec))
+        else:
+            results[i] = Outcome("delivered", result={
+                "operation": "none", "id": rec["object_id"],
+                "unchanged": f"entry already shows status {rec['status']}"})
+
+    def _creates(self, items, creates, results, updates) -> None:
+        store = items[0][1].store
+        contacts = self.contacts.resolve(store, [items[i][0].external for i, _ in creates])
+        ready = []
+        for i, rec in creates:
+            found = contacts[items[i][0].external]
+            if isinstance(found, BaseException):
+                results[i] = found
+            elif isinstance(found, Unmatched):
+                results[i] = Outcome("skipped", result={"reason": found.reason})
+            else:
+                ready.append((i, rec, found))
+        if not ready:
+            return
+        self._check_association_types()
+        todo = []
+        for i, rec, contact in ready:
+            event, ctx = items[i]
+            req = render(event, ctx, "create", self.mapping(), contact_id=contact.id,
+                         company_id=contact.company_id)
+            intent = (rec or {}).get("data", {}).get("intent")
+            if intent:
+                try:
+                    existing = self._find_lost_create(event, intent)
+                except WriteError as exc:
+                    results[i] = exc
+                    continue
+                if existing:
+                    rec = self._save(store, event, existing, intent.get("status"), contact)
+                    self._plan_update(i, event, rec, results, updates)
+                    continue
+            store.save_record(NAME, event.message_id, object_type=OBJECT_TYPE, object_id=None,
+                              status=None, data={"intent": {
+                                  "at": time.time(), "status": event.status, "contact": contact.id,
+                                  "hs_timestamp": req["body"]["properties"].get("hs_timestamp", "")}})
+            todo.append((i, req, contact))
+        for n in range(0, len(todo), self.cfg.batch_size):
+            chunk = todo[n:n + self.cfg.batch_size]
+            if len(chunk) == 1:
+                self._create_one(items, chunk[0], results)
+            else:
+                self._create_batch(items, chunk, results)
+
+    def _create_one(self, items, job, results) -> None:
+        i, req, contact = job
+        event, ctx = items[i]
+        try:
+            res = self.api.call(self.api.comm_basic.create, idempotent=False,
+                                simple_public_object_input_for_create=req["body"])
+        except Ambiguous as exc:  # maybe created: the next attempt searches, after search catches up
+            results[i] = TransientError(str(exc), retry_after=max(exc.retry_after or 0, SEARCH_LAG))
+            return
+        except WriteError as exc:
+            results[i] = exc
+            return
+        self._save(ctx.store, event, str(res.id), event.status, contact)
+        results[i] = Outcome("delivered", rendered=req,
+                             result=self._result("create", res.id, contact))
+
+    def _create_batch(self, items, chunk, results) -> None:
+        inputs = [dict(req["body"], objectWriteTraceId=items[i][0].message_id) for i, req, _ in chunk]
+        try:
+            res = self.api.call(self.api.comm_batch.create, idempotent=False,
+                                batch_input_simple_public_object_batch_input_for_create={"inputs": inputs})
+        except Ambiguous as exc:
+            err = TransientError(str(exc), retry_after=max(exc.retry_after or 0, SEARCH_LAG))
+            for i, _, _ in chunk:
+                results[i] = err
+            return
+        except WriteError as exc:
+            for i, _, _ in chunk:
+                results[i] = exc
+            return
+        created = {r.object_write_trace_id: r for r in res.results or [] if r.object_write_trace_id}
+        errors = _errors_by_key(getattr(res, "errors", None))
+        for i, req, contact in chunk:
+            event, ctx = items[i]
+            obj = created.get(event.message_id)
+            if obj is not None:
+                self._save(ctx.store, event, str(obj.id), event.status, contact)
+                results[i] = Outcome("delivered", rendered=req,
+                                     result=self._result("create", obj.id, contact, batch=True))
+            else:
+                results[i] = errors.get(event.message_id) or TransientError(
+                    "HubSpot's batch answer did not mention this record; it is looked up before retrying",
+                    retry_after=SEARCH_LAG)
+
+    def _updates(self, items, updates, results) -> None:
+        for n in range(0, len(updates), self.cfg.batch_size):
+            chunk = updates[n:n + self.cfg.batch_size]
+            reqs = [(i, rec, render(items[i][0], items[i][1], "update", self.mapping(),
+                                    object_id=rec["object_id"])) for i, rec in chunk]
+            try:
+                if len(reqs) == 1:
+                    i, rec, req = reqs[0]
+                    self.api.call(self.api.comm_basic.update, rec["object_id"],
+                                  simple_public_object_input=req["body"])
+                    errors = {}
+                else:
+                    inputs = [dict(req["body"], id=rec["object_id"]) for _, rec, req in reqs]
+                    res = self.api.call(self.api.comm_batch.update,
+                                        batch_input_simple_public_object_batch_input={"inputs": inputs})
+                    errors = _errors_by_key(getattr(res, "errors", None))
+            except WriteError as exc:
+                for i, _, _ in reqs:
+                    results[i] = exc
+                continue
+            for i, rec, req in reqs:
+                event, ctx = items[i]
+                if rec["object_id"] in errors:
+                    results[i] = errors[rec["object_id"]]
+                    continue
+                ctx.store.save_record(NAME, event.message_id, object_type=OBJECT_TYPE,
+                                      object_id=rec["object_id"], status=event.status, data=rec.get("data"))
+                results[i] = Outcome("delivered", rendered=req, result={
+                    "operation": "update", "id": rec["object_id"], **({"batch": True} if len(reqs) > 1 else {})})
+
+    # -- helpers ---------------------------------------------------------------------
+    def _save(self, store, event, object_id: str, status, contact: Contact) -> dict:
+        data = {"contact": contact.id}
+        store.save_record(NAME, event.message_id, object_type=OBJECT_TYPE, object_id=object_id,
+                          status=status, data=data)
+        return {"object_id": object_id, "status": status, "data": data}
+
+    @staticmethod
+    def _result(operation: str, object_id, contact: Contact, batch: bool = False) -> dict:
+        out = {"operation": operation, "id": str(object_id), "contact_id": contact.id}
+        if contact.created:
+            out["contact_created"] = True
+        if batch:
+            out["batch"] = True
+        return out
+
+    def _check_association_types(self) -> None:
+        """The configured association type ids exist in this portal (checked once)."""
+        pairs = [("contacts", self.cfg.contact_association_type_id, "contact_association_type_id")]
+        if self.cfg.associate_company:
+            pairs.append(("companies", self.cfg.company_association_type_id, "company_association_type_id"))
+        for to_type, type_id, key in pairs:
+            if to_type in self._checked_types:
+                continue
+            res = self.api.call(self.api.labels.get_all, "communications", to_type)
+            known = [(r.category, r.type_id) for r in res.results or []]
+            if ("HUBSPOT_DEFINED", type_id) not in known:
+                have = ", ".join(f"{t} ({c})" for c, t in known) or "none"
+                raise PermanentError(
+                    f"hubspot.{key}: {type_id} is not a HUBSPOT_DEFINED communications -> {to_type} "
+                    f"association type in this portal (it has: {have})")
+            self._checked_types.add(to_type)
+
+    def _find_lost_create(self, event: MessageEvent, intent: dict) -> str | None:
+        """The communication an earlier, unanswered create made, if it exists."""
+        age = time.time() - float(intent.get("at") or 0)
+        if age < SEARCH_LAG:  # too early for search to show it: come back later
+            raise TransientError("an earlier create may still be indexing; checking later",
+                                 retry_after=SEARCH_LAG - age)
+        if self.cfg.message_id_property:
+            filters = [{"propertyName": self.cfg.message_id_property, "operator": "EQ",
+                        "value": event.message_id}]
+        else:
+            filters = [{"propertyName": "associations.contact", "operator": "EQ", "value": intent["contact"]},
+                       {"propertyName": "hs_timestamp", "operator": "EQ", "value": intent["hs_timestamp"]},
+                       {"propertyName": "hs_communication_channel_type", "operator": "EQ", "value": "SMS"}]
+        body = {"filterGroups": [{"filters": filters}], "properties": ["hs_timestamp"], "limit": 10}
+        res = self.api.call(self.api.comm_search.do_search, public_object_search_request=body, search=True)
+        ids = sorted((str(r.id) for r in res.results or []), key=lambda x: (len(x), x))
+        return ids[0] if ids else None
+
+
+def _errors_by_key(errors) -> dict[str, WriteError]:
+    """A 207 answer's errors, by every id / objectWriteTraceId named in their context."""
+    out: dict[str, WriteError] = {}
+    for err in errors or []:
+        body = {"category": err.category, "message": err.message}
+        status = str(getattr(err, "status", "") or "")
+        text = describe(207, body)
+        transient = err.category in ("RATE_LIMITS", "INTERNAL_ERROR", "SERVICE_UNAVAILABLE") \
+            or status.startswith("5")
+        exc = TransientError(text) if transient else PermanentError(text)
+        for values in (err.context or {}).values():
+            for key in values or []:
+                out[str(key)] = exc
+    return out

@@ -6,7 +6,7 @@ from ..crm import hubspot, salesforce
 from ..crm.base import DryRunWriter, Writer
 from ..mapping import Mapping
 
-LIVE_WRITERS = {salesforce.NAME: salesforce.build_writer}
+LIVE_WRITERS = {hubspot.NAME: hubspot.build_writer, salesforce.NAME: salesforce.build_writer}
 RENDERERS = {hubspot.NAME: (hubspot.render, "communications"),
              salesforce.NAME: (salesforce.render, "Task")}
 

@@ -1,0 +1,218 @@
+"""HubSpot contact matching by phone, with the per-number cache and the create claim.
+
+One search request finds the contacts of one or many numbers: a filterGroup per
+matching property (ORed), EQ for one number, IN for several. ``phone`` and
+``mobilephone`` hold whatever was typed, so they are searched as E.164 and checked
+again here after normalizing; HubSpot's ``hs_searchable_calculated_*`` properties hold
+its own normalized digits without the country code, so "(415) 555-0142",
+"+1 415 555 0142" and "4155550142" are all found by the national digits.
+
+Matches and created contacts are remembered per number in the store's contacts table
+(HubSpot's search lags behind creates). Creating is claimed first with a "creating"
+row inserted only when no live row exists, so two workers handling a burst from one new
+number create one contact: the loser waits for the winner's row.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .. import phones
+from ..config import HubSpotConfig
+from .base import PermanentError, RateLimited, WriteError
+from .hubspot_api import Ambiguous, HubSpotApi
+
+NAME = "hubspot"
+CONTACT, CREATING, NONE = "contact", "creating", "none"
+SEARCH_CHUNK = 50  # numbers per search request (IN values)
+READ_PROPERTIES = ["createdate", "lastmodifieddate", "associatedcompanyid"]
+
+
+@dataclass(frozen=True)
+class Contact:
+    id: str
+    company_id: str | None = None
+    created: bool = False
+
+    def encode(self) -> str:
+        return self.id + (f"/{self.company_id}" if self.company_id else "")
+
+    @classmethod
+    def decode(cls, value: str) -> "Contact":
+        cid, _, company = value.partition("/")
+        return cls(cid, company or None)
+
+
+@dataclass(frozen=True)
+class Unmatched:
+    reason: str
+
+
+def _search_value(prop: str, number: str) -> str:
+    """What a property holds for this number: E.164, or HubSpot's calculated digits."""
+    if prop.startswith("hs_searchable_calculated_"):
+        if "international" in prop:
+            return phones.digits(number)
+        return phones.national_digits(number)
+    return number
+
+
+def search_body(cfg: HubSpotConfig, numbers: list[str], after: str | None = None) -> dict:
+    """The contacts search request for these E.164 numbers (one filterGroup per property)."""
+    groups = []
+    for prop in cfg.match_properties:
+        values = list(dict.fromkeys(_search_value(prop, n) for n in numbers))
+        if len(values) == 1:
+            groups.append({"filters": [{"propertyName": prop, "operator": "EQ", "value": values[0]}]})
+        else:
+            groups.append({"filters": [{"propertyName": prop, "operator": "IN", "values": values}]})
+    body = {"filterGroups": groups,
+            "properties": list(dict.fromkeys(cfg.match_properties + READ_PROPERTIES)),
+            "limit": 100}
+    if after:
+        body["after"] = after
+    return body
+
+
+def _matches(cfg: HubSpotConfig, props: dict, number: str) -> bool:
+    region = phones.region_of(number) or phones.DEFAULT_REGION
+    for prop in cfg.match_properties:
+        value = (props or {}).get(prop)
+        if not value:
+            continue
+        if prop.startswith("hs_searchable_calculated_"):
+            if phones.digits(value) == _search_value(prop, number):
+                return True
+        elif phones.to_e164(value, region) == number:
+            return True
+    return False
+
+
+def _when(obj, attr: str, prop: str) -> float:
+    value = getattr(obj, attr, None)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    raw = (obj.properties or {}).get(prop)
+    if raw:
+        try:
+            return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return datetime.max.replace(tzinfo=timezone.utc).timestamp() if attr == "created_at" else 0.0
+
+
+def pick(rule: str, candidates: list):
+    """The one contact a message goes to when several share the number: deterministic."""
+    def num(c) -> int:
+        return int(c.id) if str(c.id).isdigit() else 0
+    if rule == "newest":
+        return max(candidates, key=lambda c: (_when(c, "created_at", "createdate"), num(c)))
+    if rule == "last_modified":
+        return max(candidates, key=lambda c: (_when(c, "updated_at", "lastmodifieddate"), num(c)))
+    return min(candidates, key=lambda c: (_when(c, "created_at", "createdate"), num(c)))
+
+
+class ContactMatcher:
+    def __init__(self, api: HubSpotApi, cfg: HubSpotConfig, wait_for_creator: float = 3.0,
+                 poll: float = 0.1):
+        self.api = api
+        self.cfg = cfg
+        self.wait_for_creator = wait_for_creator
+        self.poll = poll
+
+    def resolve(self, store, numbers: list[str]) -> dict[str, Contact | Unmatched | WriteError]:
+        """Each number's contact, the reason it has none, or the error that stopped us."""
+        out: dict[str, Contact | Unmatched | WriteError] = {}
+        misses = []
+        for n in dict.fromkeys(numbers):
+            hit = store.get_contact(NAME, n)
+            if hit and hit["record_type"] == CONTACT and hit["record_id"]:
+                out[n] = Contact.decode(hit["record_id"])
+            elif hit and hit["record_type"] == NONE and self.cfg.unknown_number.action == "skip":
+                out[n] = self._unmatched(n)
+            elif hit and hit["record_type"] == CREATING:
+                out[n] = self._await_creator(store, n)
+            else:
+                misses.append(n)
+        for i in range(0, len(misses), SEARCH_CHUNK):
+            chunk = misses[i:i + SEARCH_CHUNK]
+            try:
+                found = self._search(chunk)
+            except WriteError as exc:
+                out.update({n: exc for n in chunk})
+                continue
+            for n in chunk:
+                if found.get(n):
+                    c = pick(self.cfg.multiple_matches, found[n])
+                    company = (c.properties or {}).get("associatedcompanyid") or None
+                    out[n] = Contact(str(c.id), company)
+                    store.put_contact(NAME, n, CONTACT, out[n].encode(), self.cfg.contact_cache_ttl)
+                elif self.cfg.unknown_number.action == "skip":
+                    store.put_contact(NAME, n, NONE, None, self.cfg.unmatched_cache_ttl)
+                    out[n] = self._unmatched(n)
+                else:
+                    out[n] = self._create(store, n)
+        return out
+
+    def _unmatched(self, number: str) -> Unmatched:
+        return Unmatched(f"no HubSpot contact has the number {number} "
+                         "(hubspot.unknown_number.action is skip)")
+
+    def _search(self, numbers: list[str]) -> dict[str, list]:
+        found: dict[str, list] = {n: [] for n in numbers}
+        after = None
+        while True:
+            res = self.api.call(self.api.contacts_search.do_search,
+                                public_object_search_request=search_body(self.cfg, numbers, after),
+                                search=True)
+            for c in res.results or []:
+                if len(numbers) == 1:  # HubSpot matched it on one of our filters
+                    found[numbers[0]].append(c)
+                    continue
+                for n in numbers:
+                    if _matches(self.cfg, c.properties, n):
+                        found[n].append(c)
+            nxt = getattr(getattr(res, "paging", None), "next", None)
+            after = getattr(nxt, "after", None)
+            if not after:
+                return found
+
+    def _await_creator(self, store, number: str) -> Contact | WriteError:
+        deadline = time.monotonic() + self.wait_for_creator
+        while time.monotonic() < deadline:
+            time.sleep(self.poll)
+            hit = store.get_contact(NAME, number)
+            if hit and hit["record_type"] == CONTACT and hit["record_id"]:
+                return Contact.decode(hit["record_id"])
+            if not hit or hit["record_type"] != CREATING:
+                break
+        return RateLimited(f"the HubSpot contact for {number} is being created by another worker",
+                           retry_after=2.0)
+
+    def _create(self, store, number: str) -> Contact | WriteError:
+        # The marker lives as long as HubSpot's search may lag a create whose answer was lost.
+        if not store.reserve_contact(NAME, number, CREATING, 60, replaces=(NONE,)):
+            return self._await_creator(store, number)
+        names = {"e164": number, "national": phones.national(number),
+                 "international": phones.international(number)}
+        props = {"phone": number}
+        try:
+            for key in ("firstname", "lastname"):
+                value = getattr(self.cfg.unknown_number, key).format(**names).strip()
+                if value:
+                    props[key] = value
+        except (KeyError, IndexError, ValueError) as exc:
+            store.drop_contact(NAME, number)
+            return PermanentError(f"hubspot.unknown_number: bad name template ({exc})")
+        try:
+            res = self.api.call(self.api.contacts_basic.create, idempotent=False,
+                                simple_public_object_input_for_create={"properties": props})
+        except Ambiguous as exc:
+            return exc  # it may exist: the marker expires after search has caught up
+        except WriteError as exc:
+            store.drop_contact(NAME, number)
+            return exc
+        contact = Contact(str(res.id), created=True)
+        store.put_contact(NAME, number, CONTACT, contact.encode(), self.cfg.contact_cache_ttl)
+        return contact
