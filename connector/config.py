@@ -139,7 +139,7 @@ class HubSpotConfig(_Section):
     @model_validator(mode="after")
     def _live_needs_credentials(self) -> "HubSpotConfig":
         oauth = (self.client_id, self.client_secret, self.refresh_token)
-        if any(oauth) and not all(oauth):
+        if self.mode == "live" and any(oauth) and not all(oauth):
             raise ValueError("OAuth needs all of client_id, client_secret and refresh_token")
         if self.mode == "live" and not self.access_token and not all(oauth):
             raise ValueError("live mode needs access_token (private app) or client_id, "
