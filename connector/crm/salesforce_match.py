@@ -90,21 +90,31 @@ def _record_type(rec: dict) -> str:
     return t
 
 
-def _confirms(rec: dict, rtype: str, e164: str) -> bool:
-    region = phones.region_of(e164) or phones.DEFAULT_REGION
-    for f in PHONE_FIELDS.get(rtype, []):
-        value = rec.get(f)
-        if isinstance(value, str) and value and phones.to_e164(value, region) == e164:
-            return True
-    return False
-
-
-def pick(records: list[dict], e164: str, cfg: SalesforceConfig) -> Link | None:
-    """Deterministic: first type in ``match.objects`` order, then oldest (or newest) created, then Id."""
-    by_type: dict[str, list[dict]] = {}
+def index_by_number(records: list[dict], regions: set[str]) -> dict[str, list[tuple[str, dict]]]:
+    """E.164 -> (type, record) for every phone field of every hit, read as typed in each region."""
+    index: dict[str, list[tuple[str, dict]]] = {}
     for rec in records:
         rtype = _record_type(rec)
-        if rtype in cfg.match.objects and _confirms(rec, rtype, e164):
+        numbers = set()
+        for f in PHONE_FIELDS.get(rtype, []):
+            value = rec.get(f)
+            if isinstance(value, str) and value:
+                numbers.update(phones.to_e164(value, region) for region in regions)
+        for n in numbers - {None}:
+            index.setdefault(n, []).append((rtype, rec))
+    return index
+
+
+def pick(records: list[dict], e164: str, cfg: SalesforceConfig,
+         index: dict[str, list[tuple[str, dict]]] | None = None) -> Link | None:
+    """Deterministic: first type in ``match.objects`` order, then oldest (or newest) created, then Id.
+
+    Only records whose phone fields normalize to ``e164`` count (SOSL matches tokens)."""
+    if index is None:
+        index = index_by_number(records, {phones.region_of(e164) or phones.DEFAULT_REGION})
+    by_type: dict[str, list[dict]] = {}
+    for rtype, rec in index.get(e164, []):
+        if rtype in cfg.match.objects:
             by_type.setdefault(rtype, []).append(rec)
     for rtype in cfg.match.objects:
         found = by_type.get(rtype)
@@ -149,8 +159,9 @@ class Matcher:
                 out.update({n: exc for n in chunk})
                 continue
             records = (result or {}).get("searchRecords", []) if isinstance(result, dict) else []
+            index = index_by_number(records, {phones.region_of(n) or phones.DEFAULT_REGION for n in chunk})
             for n in chunk:
-                out[n] = self._found_or_unknown(n, pick(records, n, self.cfg), store)
+                out[n] = self._found_or_unknown(n, pick(records, n, self.cfg, index), store)
         return out
 
     def _chunks(self, numbers: list[str]):
