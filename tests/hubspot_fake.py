@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -82,6 +83,7 @@ class FakeHubSpot:
         self.labels = {"contacts": [81, 82], "companies": [87], "deals": [85]}
         self.batch_rejects: dict[str, str] = {}  # objectWriteTraceId -> validation message
         self.refresh_count = 0
+        self.slow: dict[str, float] = {}  # path regex -> seconds to wait before answering
         self._ids = itertools.count(1001)
         self._tick = itertools.count(1)
         server.expect_request(re.compile(".*")).respond_with_handler(self.handle)
@@ -115,6 +117,9 @@ class FakeHubSpot:
         if request.path == "/oauth/v1/token":
             body = dict(request.form)
         self.requests.append((request.method, request.path, body))
+        for path, seconds in self.slow.items():
+            if re.fullmatch(path, request.path):
+                time.sleep(seconds)
         for n, (method, path, resp, then_run) in enumerate(self.failures):
             if method == request.method and re.fullmatch(path, request.path):
                 del self.failures[n]

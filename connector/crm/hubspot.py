@@ -16,7 +16,8 @@ import time
 
 from ..events import MessageEvent, status_advances
 from ..mapping import Mapping
-from .base import DeliveryContext, Outcome, PermanentError, TransientError, WriteError, entry_kind, template_context
+from .base import (DeliveryContext, Outcome, PermanentError, RateLimited, TransientError, WriteError,
+                   entry_kind, template_context)
 from .hubspot_api import Ambiguous, HubSpotApi, describe
 from .hubspot_contacts import Contact, ContactMatcher, Unmatched
 
@@ -75,6 +76,7 @@ class HubSpotWriter:
         self.api = api or HubSpotApi(self.cfg, config.time_zone)
         self.contacts = ContactMatcher(self.api, self.cfg)
         self._checked_types: set[str] = set()
+        self.search_lag = SEARCH_LAG
 
     def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome:
         result = self.deliver_many([(event, ctx)])[0]
@@ -163,9 +165,10 @@ class HubSpotWriter:
             res = self.api.call(self.api.comm_basic.create, idempotent=False,
                                 simple_public_object_input_for_create=req["body"])
         except Ambiguous as exc:  # maybe created: the next attempt searches, after search catches up
-            results[i] = TransientError(str(exc), retry_after=max(exc.retry_after or 0, SEARCH_LAG))
+            results[i] = TransientError(str(exc), retry_after=max(exc.retry_after or 0, self.search_lag))
             return
-        except WriteError as exc:
+        except WriteError as exc:  # refused, so surely not created: no search next time
+            self._drop_intent(ctx.store, event)
             results[i] = exc
             return
         self._save(ctx.store, event, str(res.id), event.status, contact)
@@ -178,12 +181,13 @@ class HubSpotWriter:
             res = self.api.call(self.api.comm_batch.create, idempotent=False,
                                 batch_input_simple_public_object_batch_input_for_create={"inputs": inputs})
         except Ambiguous as exc:
-            err = TransientError(str(exc), retry_after=max(exc.retry_after or 0, SEARCH_LAG))
+            err = TransientError(str(exc), retry_after=max(exc.retry_after or 0, self.search_lag))
             for i, _, _ in chunk:
                 results[i] = err
             return
         except WriteError as exc:
             for i, _, _ in chunk:
+                self._drop_intent(items[i][1].store, items[i][0])
                 results[i] = exc
             return
         created = {r.object_write_trace_id: r for r in res.results or [] if r.object_write_trace_id}
@@ -195,10 +199,13 @@ class HubSpotWriter:
                 self._save(ctx.store, event, str(obj.id), event.status, contact)
                 results[i] = Outcome("delivered", rendered=req,
                                      result=self._result("create", obj.id, contact, batch=True))
+            elif event.message_id in errors:  # HubSpot refused this one: it was not created
+                self._drop_intent(ctx.store, event)
+                results[i] = errors[event.message_id]
             else:
-                results[i] = errors.get(event.message_id) or TransientError(
+                results[i] = TransientError(
                     "HubSpot's batch answer did not mention this record; it is looked up before retrying",
-                    retry_after=SEARCH_LAG)
+                    retry_after=self.search_lag)
 
     def _updates(self, items, updates, results) -> None:
         for n in range(0, len(updates), self.cfg.batch_size):
@@ -238,6 +245,11 @@ class HubSpotWriter:
         return {"object_id": object_id, "status": status, "data": data}
 
     @staticmethod
+    def _drop_intent(store, event) -> None:
+        store.save_record(NAME, event.message_id, object_type=OBJECT_TYPE, object_id=None,
+                          status=None, data={})
+
+    @staticmethod
     def _result(operation: str, object_id, contact: Contact, batch: bool = False) -> dict:
         out = {"operation": operation, "id": str(object_id), "contact_id": contact.id}
         if contact.created:
@@ -266,9 +278,9 @@ class HubSpotWriter:
     def _find_lost_create(self, event: MessageEvent, intent: dict) -> str | None:
         """The communication an earlier, unanswered create made, if it exists."""
         age = time.time() - float(intent.get("at") or 0)
-        if age < SEARCH_LAG:  # too early for search to show it: come back later
-            raise TransientError("an earlier create may still be indexing; checking later",
-                                 retry_after=SEARCH_LAG - age)
+        if age < self.search_lag:  # too early for search to show it: come back later
+            raise RateLimited("an earlier create of this entry got no answer; checking HubSpot for it "
+                              "once its search has caught up", retry_after=self.search_lag - age)
         if self.cfg.message_id_property:
             filters = [{"propertyName": self.cfg.message_id_property, "operator": "EQ",
                         "value": event.message_id}]

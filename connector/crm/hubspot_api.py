@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 import urllib3
 from hubspot import HubSpot
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 from urllib3.util.retry import Retry
 
 from ..config import HubSpotConfig
@@ -155,8 +155,9 @@ class HubSpotApi:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TransientError) and exc.retry_after:
             return min(exc.retry_after, 60.0)
-        return wait_exponential_jitter(initial=self.cfg.retry_initial, max=self.cfg.retry_max,
-                                       jitter=self.cfg.retry_initial)(state)
+        backoff = wait_exponential(multiplier=self.cfg.retry_initial, max=self.cfg.retry_max) \
+            + wait_random(0, self.cfg.retry_initial)
+        return backoff(state)
 
     def _once(self, fn: Callable, args: tuple, kwargs: dict, search: bool):
         if self.clock() < self.daily_blocked_until:
