@@ -25,10 +25,11 @@ def write_config(path: Path, data: dict) -> Path:
     return path
 
 
-def start(args: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """``python -m connector.cli ARGS`` from the repo root, stdout+stderr into log_path."""
+def start(args: list[str], log_path: Path, env: dict | None = None,
+          module: str = "connector.cli") -> subprocess.Popen:
+    """``python -m MODULE ARGS`` from the repo root, stdout+stderr into log_path."""
     log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "connector.cli", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 

@@ -38,6 +38,8 @@ class Pipeline:
                  metrics=None):
         self.config = config
         self.metrics = metrics  # connector.metrics.Metrics, or None
+        # target -> time before which this process makes no call to that CRM (its 429 wait).
+        self.paused_until: dict[str, float] = {}
         self.store = store
         self.writers = writers
         # media(event, delivery) -> (views, download_all_link); replaced when media is stored.
@@ -59,6 +61,11 @@ class Pipeline:
         if writer is None:
             self.store.finish(d, DEAD, error=f"{d.target} is not configured")
             return self._count(d, DEAD)
+        paused = self.paused_until.get(d.target, 0.0)
+        if paused > time.time():  # the CRM asked us to wait: no call before that, for any message
+            self.store.finish(d, RETRYING, error="rate limited: waiting for the CRM",
+                              next_at=paused, count_attempt=False)
+            return RETRYING
         try:
             views, download_all = self.media(event, d)
             ctx = DeliveryContext(store=self.store, config=self.config, media=views,
@@ -66,6 +73,7 @@ class Pipeline:
             outcome = writer.deliver(event, ctx)
         except RateLimited as exc:
             wait = exc.retry_after if exc.retry_after is not None else cfg.backoff_initial
+            self.paused_until[d.target] = max(paused, time.time() + wait)
             self.store.finish(d, RETRYING, error=f"rate limited: {exc}", next_at=time.time() + wait,
                               count_attempt=False)
             log.info("delivery %s message %s %s: rate limited, parked %.0fs", d.id, d.message_id, d.target, wait)
