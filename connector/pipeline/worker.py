@@ -63,8 +63,8 @@ class Pipeline:
             return self._count(d, DEAD)
         paused = self.paused_until.get(d.target, 0.0)
         if paused > time.time():  # the CRM asked us to wait: no call before that, for any message
-            self.store.finish(d, RETRYING, error="rate limited: waiting for the CRM",
-                              next_at=paused, count_attempt=False)
+            self.store.finish(d, RETRYING, count_attempt=False, next_at=paused,
+                              error=f"rate limited: {d.target} paused for {paused - time.time():.0f}s")
             return RETRYING
         try:
             views, download_all = self.media(event, d)
