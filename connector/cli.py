@@ -145,7 +145,10 @@ def _safe_url(engine) -> str:
 @main.command()
 @config_option
 def check(config_path):
-    """Validate the config file and the mapping files it names."""
+    """Validate the config file and the mapping files it names.
+
+    Mapping errors print as FILE:LINE:COLUMN: message (with a hint where one helps).
+    """
     from .mapping import MappingError
     from .pipeline.writers import load_mapping
 
@@ -153,15 +156,81 @@ def check(config_path):
     errors: list[str] = []
     for name in cfg.targets():
         try:
-            load_mapping(cfg, name)
+            mapping = load_mapping(cfg, name)
         except MappingError as exc:
             errors.extend(exc.errors)
+            for w in exc.warnings:
+                click.echo(w, err=True)
+        else:
+            for w in mapping.warnings:
+                click.echo(w, err=True)
+            click.echo(f"{mapping.path}: OK ({name}, {mapping.object})")
     if errors:
-        click.echo(f"{len(errors)} error(s):", err=True)
         for e in errors:
-            click.echo(f"  {e}", err=True)
+            click.echo(e, err=True)
+        click.echo(f"{len(errors)} error(s) in mapping files", err=True)
         sys.exit(1)
     click.echo(f"{cfg.source}: OK (targets: {', '.join(cfg.targets()) or 'none'})")
+
+
+@main.command()
+@config_option
+@click.option("--crm", required=True, type=click.Choice(["hubspot", "salesforce"]), help="Which CRM's request to show.")
+@click.option("--mapping", "mapping_path", default=None, metavar="FILE",
+              help="Mapping file to try (default: the one the config names).")
+@click.option("--operation", default="auto", show_default=True, type=click.Choice(["auto", "create", "update"]),
+              help="auto: a status event updates the entry its message created; other events create one.")
+@click.argument("event_file", metavar="EVENT.json", type=click.Path(dir_okay=False, allow_dash=True))
+def preview(config_path, crm, mapping_path, operation, event_file):
+    """Print, as JSON, the request(s) the CRM would receive for a raw webhook payload.
+
+    Record ids that a live lookup would fill in show as placeholders ({contact_id}).
+    """
+    from .crm.base import DeliveryContext
+    from .events import KIND_STATUS
+    from .mapping import Mapping, MappingError
+    from .pipeline.writers import RENDERERS
+    from .providers import aircall
+    from .render import default_media_views
+
+    cfg = _load(config_path)
+    try:
+        text = click.open_file(event_file, encoding="utf-8").read()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {event_file} ({exc.strerror or exc})", param_hint="EVENT.json")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        click.echo(f"{event_file}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}", err=True)
+        sys.exit(2)
+    try:
+        event = aircall.parse(body)  # no token check: the file is the admin's own sample
+    except aircall.PayloadError as exc:
+        click.echo(f"{event_file}: {exc.field}: {exc.reason}", err=True)
+        sys.exit(2)
+    except aircall.Ignored as exc:
+        click.echo(f"{event_file}: {exc.event}: {exc.reason}; the CRM receives nothing", err=True)
+        click.echo("[]")
+        return
+    path = mapping_path or cfg.resolve(getattr(cfg, crm).mapping)
+    try:
+        mapping = Mapping.load(path, crm, cfg.time_zone)
+    except MappingError as exc:
+        for e in [*exc.errors, *exc.warnings]:
+            click.echo(e, err=True)
+        sys.exit(1)
+    if operation == "auto":
+        operation = "update" if event.kind == KIND_STATUS else "create"
+    renderer, _ = RENDERERS[crm]
+    ctx = DeliveryContext(store=None, config=cfg, media=default_media_views(event))
+    try:
+        requests = renderer(event, ctx, operation, mapping)
+    except MappingError as exc:
+        for e in exc.errors:
+            click.echo(e, err=True)
+        sys.exit(1)
+    click.echo(json.dumps(requests if isinstance(requests, list) else [requests], indent=2,
+                          ensure_ascii=False, default=str))
 
 
 def _parse_since(value: str | None) -> float | None:

@@ -58,6 +58,7 @@ def build_context(event: MessageEvent, media: list[MediaView], *, download_all_l
     offered = [m for m in media if m.supported and m.available]
     previews = offered[:MAX_PREVIEWS]
     ctx = {
+        "time_zone": time_zone,
         "provider": event.provider,
         "event": event.event,
         "kind": event.kind,
@@ -77,6 +78,7 @@ def build_context(event: MessageEvent, media: list[MediaView], *, download_all_l
         "line": {
             "e164": event.line,
             "national": phones.national(event.line) if event.line else "",
+            "international": phones.international(event.line) if event.line else "",
             "name": event.line_name,
             "country": event.line_country,
         },
@@ -84,6 +86,7 @@ def build_context(event: MessageEvent, media: list[MediaView], *, download_all_l
             "e164": event.external,
             "national": phones.national(event.external),
             "international": phones.international(event.external),
+            "country": phones.region_of(event.external) or "",
         },
         "record": record or {"id": None, "type": None},
         "media": [asdict(m) | {"is_image": m.is_image} for m in media],

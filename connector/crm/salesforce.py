@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from simple_salesforce.format import format_external_id, format_soql
 
 from ..events import MessageEvent, status_advances
-from ..mapping import Mapping
+from ..mapping import Mapping, current
 from .base import (DeliveryContext, Outcome, PermanentError, RateLimited, TransientError,
                    WriteError, entry_kind, template_context)
 from .salesforce_client import TRANSIENT_CODES, SalesforceClient, describe_errors, error_codes
@@ -64,6 +64,7 @@ def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: M
            who_id: str = WHO_PLACEHOLDER, object_id: str = "{record_id}",
            record_type: str = "Contact") -> dict:
     """The request Salesforce receives for this event (create or update)."""
+    mapping = current(mapping)  # one snapshot of a live mapping for the whole request
     cfg = ctx.config.salesforce
     sobject = mapping.object or "Task"
     fields = fit_limits(mapping.render(entry_kind(event, operation), template_context(event, ctx)),

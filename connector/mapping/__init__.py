@@ -1,0 +1,391 @@
+"""Field-mapping files: CRM field -> template, per event kind (inbound, outbound, status).
+
+``Mapping.load`` reads a file and validates all of it (YAML, template syntax, variables,
+CRM fields, lengths, a trial render on sample messages); any error refuses the whole
+file, each error as ``file:line:column: message``. Templates run in a sandbox (see
+sandbox.py); HubSpot HTML fields are escaped whatever the template says.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Template, TemplateSyntaxError
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode
+
+from . import fields as F
+from .sandbox import environment
+from .variables import check_template, sample_contexts
+
+KINDS = ("inbound", "outbound", "status")
+SECTIONS = ("object", "custom_fields", "entries")
+OPTIONS = {"hubspot": (), "salesforce": ("who_field", "what_field")}
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: str
+    line: int
+    column: int
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        prefix = "" if self.severity == "error" else f"{self.severity}: "
+        return f"{self.path}:{self.line}:{self.column}: {prefix}{self.message}"
+
+
+class MappingError(Exception):
+    """The mapping cannot be used; ``errors`` are ``file:line:column: message`` lines."""
+
+    def __init__(self, errors: list, warnings: list | None = None):
+        self.issues = [e for e in errors if isinstance(e, Issue)]
+        self.errors = [str(e) for e in errors]
+        self.warnings = [str(w) for w in warnings or []]
+        super().__init__("\n".join(self.errors))
+
+
+class RenderError(MappingError):
+    """A valid mapping failed on one message (e.g. an index past the end of `media`)."""
+
+
+@dataclass
+class FieldMap:
+    name: str
+    spec: F.Field | None
+    line: int
+    column: int
+    template: Template | None = None
+    constant: Any = None
+
+
+@dataclass
+class Mapping:
+    crm: str
+    path: str
+    object: str
+    options: dict[str, Any]
+    entries: dict[str, dict[str, FieldMap]] = field(default_factory=dict)
+    custom_fields: dict[str, F.Field] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path, crm: str, time_zone: str = "UTC") -> "Mapping":
+        return _Loader(Path(path), crm, time_zone).load()
+
+    def render(self, kind: str, ctx: dict) -> dict[str, Any]:
+        """The CRM field values for one message; raises RenderError naming the field."""
+        out: dict[str, Any] = {}
+        for name, fm in self.entries.get(kind, {}).items():
+            if fm.template is None:
+                value = fm.constant
+            else:
+                try:
+                    value = _convert(fm.template.render(ctx), fm.spec, self.crm)
+                except Exception as exc:  # sandbox refusals, missing keys, bad filter input
+                    raise RenderError([Issue(self.path, fm.line, fm.column,
+                                             f"entries.{kind}.{name}: {_describe(exc)}")]) from exc
+            if self.crm == "hubspot":  # HubSpot property values are strings
+                value = "" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
+            out[name] = value
+        return out
+
+
+def current(mapping) -> Mapping:
+    """One complete Mapping for one request, from a Mapping or a live (reloading) one."""
+    return mapping() if callable(mapping) else mapping
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+
+
+def _convert(text: str, spec: F.Field | None, crm: str) -> Any:
+    text = str(text)
+    if spec is None or spec.type in (F.TEXT, F.HTML, F.PICKLIST):
+        # Salesforce's render cuts to salesforce.field_limits (UTF-16 aware); HubSpot's here.
+        if (crm == "hubspot" and spec is not None and spec.max_length and spec.type != F.HTML
+                and len(text) > spec.max_length):
+            text = text[: spec.max_length - 3] + "..."  # the CRM would refuse the whole entry
+        return text
+    if crm != "salesforce":
+        return text
+    stripped = text.strip()
+    if not stripped:
+        return None  # an empty date/number clears the field rather than failing
+    if spec.type == F.NUMBER and re.fullmatch(r"-?\d+(\.\d+)?", stripped):
+        return float(stripped) if "." in stripped else int(stripped)
+    if spec.type == F.BOOL and stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    return stripped
+
+
+def display_path(p: Path) -> str:
+    try:
+        rel = os.path.relpath(p)
+    except ValueError:
+        return str(p)
+    return str(p) if rel.startswith("..") else rel
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+class _Loader:
+    def __init__(self, path: Path, crm: str, time_zone: str):
+        self.path, self.crm, self.time_zone = path, crm, time_zone
+        self.shown = display_path(path)
+        self.errors: list[Issue] = []
+        self.warnings: list[Issue] = []
+        self.lines: list[str] = []
+        self.envs = {False: environment(html=False), True: environment(html=True)}
+        self.constructor = SafeConstructor()
+
+    def error(self, line: int, column: int, message: str, severity: str = "error") -> None:
+        (self.errors if severity == "error" else self.warnings).append(
+            Issue(self.shown, line, column, message, severity))
+
+    def at(self, node: Node, message: str, severity: str = "error") -> None:
+        self.error(node.start_mark.line + 1, node.start_mark.column + 1, message, severity)
+
+    def fail(self) -> MappingError:
+        return MappingError(self.errors, self.warnings)
+
+    def pairs(self, node: MappingNode, what: str) -> list[tuple[str, Node, Node]]:
+        """Key/value nodes of a YAML mapping; duplicate keys are errors (YAML keeps the last silently)."""
+        seen: set[str] = set()
+        out = []
+        for k, v in node.value:
+            key = str(k.value)
+            if key in seen:
+                self.at(k, f"`{key}` appears twice in {what}; keep one")
+            seen.add(key)
+            out.append((key, k, v))
+        return out
+
+    def scalar(self, node: Node) -> Any:
+        return self.constructor.construct_object(node, deep=True)
+
+    def load(self) -> Mapping:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MappingError([Issue(self.shown, 1, 1, f"cannot read mapping file ({exc.strerror or exc})")])
+        self.lines = text.splitlines()
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.error(line, col, f"invalid YAML: {problem} (check indentation and quote values that contain `: ` or start with `{{`)")
+            raise self.fail()
+        if not isinstance(root, MappingNode):
+            self.error(1, 1, "a mapping file needs `object:` and `entries:` sections")
+            raise self.fail()
+        top = {key: (k, v) for key, k, v in self.pairs(root, "the file")}
+        allowed = (*SECTIONS, *OPTIONS.get(self.crm, ()))
+        for key, (k, _) in top.items():
+            if key not in allowed:
+                self.at(k, f"unknown setting `{key}`" + _suggest(key, allowed), "warning")
+        obj = F.DEFAULT_OBJECT[self.crm]
+        if "object" in top:
+            node = top["object"][1]
+            if not isinstance(node, ScalarNode) or not str(node.value).strip():
+                self.at(node, "`object` must be an object name such as " + obj)
+            else:
+                obj = str(node.value).strip()
+        self.link_fields = self.linked(top)
+        custom = self.custom_fields(top["custom_fields"][1]) if "custom_fields" in top else {}
+        entries: dict[str, dict[str, FieldMap]] = {}
+        if "entries" not in top or not isinstance(top["entries"][1], MappingNode):
+            where = top["entries"][1] if "entries" in top else root
+            self.at(where, "`entries:` must map each event kind (inbound, outbound, status) to fields")
+        else:
+            entries_key, entries_node = top["entries"]
+            for kind, k, v in self.pairs(entries_node, "entries"):
+                if kind not in KINDS:
+                    self.at(k, f"unknown event kind `{kind}` (use inbound, outbound or status)" + _suggest(kind, KINDS))
+                elif not isinstance(v, MappingNode):
+                    self.at(v, f"entries.{kind} must map CRM fields to values")
+                else:
+                    entries[kind] = self.kind_fields(kind, v, obj, custom)
+            for kind in KINDS:
+                if kind not in entries and not any(kind == key for key, _, _ in self.pairs(entries_node, "entries")):
+                    self.at(entries_key, f"entries.{kind} is missing (every event kind needs its fields)")
+        options = {key: self.scalar(v) for key, (_, v) in top.items() if key not in SECTIONS}
+        if self.errors:
+            raise self.fail()
+        mapping = Mapping(crm=self.crm, path=self.shown, object=obj, options=options, entries=entries,
+                          custom_fields=custom)
+        self.trial_render(mapping)
+        if self.errors:
+            raise self.fail()
+        mapping.warnings = [str(w) for w in self.warnings]
+        return mapping
+
+    def linked(self, top: dict) -> set[str]:
+        """Fields the writer fills with the matched record (Salesforce who_field/what_field)."""
+        if self.crm != "salesforce":
+            return set()
+        out = {"WhoId"} if "who_field" not in top else set()
+        for key in ("who_field", "what_field"):
+            if key in top:
+                value = self.scalar(top[key][1])
+                out |= {str(v) for v in (value.values() if isinstance(value, dict) else [value]) if v}
+        return out
+
+    def custom_fields(self, node: Node) -> dict[str, F.Field]:
+        out: dict[str, F.Field] = {}
+        if not isinstance(node, MappingNode):
+            self.at(node, "custom_fields must map field names to {type, max_length}")
+            return out
+        for name, k, v in self.pairs(node, "custom_fields"):
+            spec = self.scalar(v)
+            if isinstance(spec, int) and not isinstance(spec, bool):
+                spec = {"max_length": spec}
+            if spec is None:
+                spec = {}
+            if not isinstance(spec, dict):
+                self.at(v, f"custom_fields.{name} must be {{type: text, max_length: 255}} (or just the max length)")
+                continue
+            unknown = set(spec) - {"type", "max_length", "read_only", "options"}
+            for key in sorted(unknown):
+                self.at(v, f"custom_fields.{name}: unknown key `{key}`" + _suggest(key, ["type", "max_length", "read_only", "options"]))
+            ftype = spec.get("type", F.TEXT)
+            if ftype not in F.TYPES:
+                self.at(v, f"custom_fields.{name}: unknown type `{ftype}` (use {', '.join(F.TYPES)})" + _suggest(str(ftype), F.TYPES))
+                continue
+            max_length = spec.get("max_length")
+            if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
+                self.at(v, f"custom_fields.{name}: max_length must be a whole number of characters")
+                max_length = None
+            options = spec.get("options") or ()
+            out[name] = F.Field(name, ftype, max_length=max_length, read_only=bool(spec.get("read_only")),
+                                options=tuple(str(o) for o in options) if isinstance(options, list) else ())
+        return out
+
+    def kind_fields(self, kind: str, node: MappingNode, obj: str, custom: dict[str, F.Field]) -> dict[str, FieldMap]:
+        known = F.known_fields(self.crm, obj)
+        label = {"hubspot": "HubSpot", "salesforce": "Salesforce"}[self.crm]
+        out: dict[str, FieldMap] = {}
+        for name, k, v in self.pairs(node, f"entries.{kind}"):
+            spec = custom.get(name) or (known or {}).get(name)
+            if spec is None and known is not None:
+                hint = "" if name.endswith("__c") else _suggest(name, [*known, *custom])
+                self.at(k, f"unknown {label} {obj} field `{name}`" + (hint or "; a custom field must be "
+                        f"declared under `custom_fields:` (e.g. `{name}: {{type: text, max_length: 255}}`)"))
+                continue
+            if spec is not None and spec.read_only:
+                self.at(k, f"`{name}` is read-only ({spec.note or 'set by the CRM'}); remove it")
+                continue
+            if spec is not None and spec.create_only and kind == "status":
+                self.at(k, f"`{name}` can only be set when the entry is created; remove it from entries.status")
+                continue
+            if name in self.link_fields:
+                self.at(k, f"`{name}` is filled by the connector with the matched record; remove it", "warning")
+            fm = FieldMap(name, spec, v.start_mark.line + 1, v.start_mark.column + 1)
+            if isinstance(v, MappingNode) and v.flow_style:
+                self.at(v, f"entries.{kind}.{name}: a value that starts with `{{` must be quoted: "
+                        f"{name}: \"{{{{ ... }}}}\"")
+                continue
+            if not isinstance(v, ScalarNode):
+                self.at(v, f"entries.{kind}.{name}: a field takes one value (text or a template), not a list or mapping")
+                continue
+            value = self.scalar(v)
+            if isinstance(value, str) and ("{{" in value or "{%" in value or "{#" in value):
+                fm.template = self.compile(v, value, spec)
+                if fm.template is None:
+                    continue
+            else:
+                fm.constant = value
+                self.check_constant(v, name, value, spec)
+            out[name] = fm
+        return out
+
+    def check_constant(self, node: Node, name: str, value: Any, spec: F.Field | None) -> None:
+        if spec is None or value is None:
+            return
+        text = str(value)
+        if spec.max_length and len(text) > spec.max_length:
+            self.at(node, f"value is {len(text)} characters; `{name}` holds at most {spec.max_length}")
+        if spec.options and text not in spec.options:
+            self.at(node, f"`{text}` is not a value of `{name}` (use {', '.join(spec.options)})"
+                    + _suggest(text, spec.options))
+
+    def compile(self, node: ScalarNode, source: str, spec: F.Field | None) -> Template | None:
+        env = self.envs[self.crm == "hubspot" and spec is not None and spec.type == F.HTML]
+        try:
+            ast = env.parse(source)
+        except TemplateSyntaxError as exc:
+            line, col = self.locate(node, exc.lineno or 1, "")
+            self.error(line, col, f"template syntax error: {exc.message}")
+            return None
+        findings = check_template(ast, env.filters)
+        for f in findings:
+            line, col = self.locate(node, f.lineno, f.token)
+            self.error(line, col, f.message)
+        if findings:
+            return None
+        try:
+            return env.from_string(source)
+        except TemplateSyntaxError as exc:  # e.g. an unknown filter, found when compiling
+            line, col = self.locate(node, exc.lineno or 1, _filter_name(exc.message))
+            hint = _suggest(_filter_name(exc.message), env.filters) if _filter_name(exc.message) else ""
+            self.error(line, col, f"template error: {(exc.message or '').rstrip('.')}{hint}")
+            return None
+
+    def locate(self, node: ScalarNode, lineno: int, token: str) -> tuple[int, int]:
+        """File line/column of ``token`` on template line ``lineno`` inside a YAML value."""
+        first, last = node.start_mark.line, node.end_mark.line
+        if node.style == "|":
+            candidates = [first + lineno]
+        else:
+            candidates = list(range(first, last + 1))
+        for i in candidates:
+            if not 0 <= i < len(self.lines):
+                continue
+            text = self.lines[i]
+            start = node.start_mark.column if i == first else 0
+            if token:
+                m = re.compile(r"(?<![\w])" + re.escape(token) + r"(?!\w)").search(text, start)
+                if m:
+                    return i + 1, m.start() + 1
+            elif node.style == "|":
+                return i + 1, len(text) - len(text.lstrip()) + 1
+        return first + 1, node.start_mark.column + 1
+
+    def trial_render(self, mapping: Mapping) -> None:
+        """Render every field on sample messages: catches what static checks cannot
+        (an index past the end of a list, a refused `format` call, a bad filter argument)."""
+        samples = sample_contexts(self.time_zone)
+        for kind, fms in mapping.entries.items():
+            for name, fm in fms.items():
+                if fm.template is None:
+                    continue
+                for label, ctx in samples:
+                    try:
+                        value = fm.template.render(ctx)
+                    except Exception as exc:
+                        self.error(fm.line, fm.column, f"entries.{kind}.{name} fails on the sample {label}: {_describe(exc)}")
+                        break
+                    spec = fm.spec
+                    if spec and spec.max_length and spec.type != F.HTML and len(value) > spec.max_length:
+                        self.error(fm.line, fm.column, f"entries.{kind}.{name} renders {len(value)} characters for the "
+                                   f"sample {label}; `{name}` holds {spec.max_length}, longer values are cut "
+                                   f"(use `|truncate({spec.max_length})`)", "warning")
+                        break
+
+
+def _filter_name(message: str) -> str:
+    m = re.search(r"No filter named '([^']+)'", message or "")
+    return m.group(1) if m else ""

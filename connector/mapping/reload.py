@@ -1,0 +1,70 @@
+"""Mappings that follow edits to their file while the service runs.
+
+Each use stats the file (cheap); when it changed, the new file is loaded into a new
+Mapping and swapped in only when fully valid. An invalid edit is logged with the same
+errors `check` prints, and the last good mapping stays in force. A render always uses
+one complete Mapping object, never a half-loaded one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from . import Mapping, MappingError
+
+log = logging.getLogger("connector.mapping")
+
+
+def _stamp(path: Path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class LiveMapping:
+    """A callable returning the current good Mapping (what writers take as ``mapping``)."""
+
+    def __init__(self, path: str | Path, crm: str, time_zone: str = "UTC"):
+        self.path, self.crm, self.time_zone = Path(path), crm, time_zone
+        self._lock = threading.Lock()
+        self._stamp = _stamp(self.path)
+        self._current = Mapping.load(self.path, crm, time_zone)  # a bad file at start-up is fatal
+        self.last_error: MappingError | None = None
+
+    def __call__(self) -> Mapping:
+        if _stamp(self.path) != self._stamp:
+            self.reload()
+        return self._current
+
+    def __getattr__(self, name: str):
+        # Writers that keep "a mapping" read .object/.options/.render from the current one;
+        # render functions take one snapshot per request (see ``current``).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self(), name)
+
+    def reload(self) -> bool:
+        """Load the file now if it changed; True when a new mapping took effect."""
+        with self._lock:
+            stamp = _stamp(self.path)
+            if stamp == self._stamp:
+                return False
+            try:
+                fresh = Mapping.load(self.path, self.crm, self.time_zone)
+            except MappingError as exc:
+                self._stamp = stamp  # report a bad edit once, not on every message
+                self.last_error = exc
+                log.error("mapping %s: edit refused, still using the last good mapping:\n%s",
+                          self._current.path, "\n".join(f"  {e}" for e in exc.errors))
+                return False
+            if _stamp(self.path) != stamp:
+                return False  # written to while we read it: load the finished file next time
+            self._stamp, self._current, self.last_error = stamp, fresh, None
+            log.info("mapping %s: reloaded", fresh.path)
+            for w in fresh.warnings:
+                log.warning("mapping %s", w)
+            return True

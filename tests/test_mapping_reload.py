@@ -1,0 +1,88 @@
+"""A mapping edited under a running service: good edits take effect, bad ones are refused
+with the errors logged, and the last good mapping keeps working."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from connector.mapping import MappingError
+from connector.mapping.reload import LiveMapping
+from connector.web import create_app
+
+from conftest import ROOT, aircall_payload
+
+GOOD = (ROOT / "mappings" / "hubspot.yaml").read_text()
+
+
+def edit(path: Path, text: str, tick: list[int] = [0]) -> None:
+    path.write_text(text)
+    tick[0] += 1  # a distinct mtime even on filesystems with coarse timestamps
+    os.utime(path, ns=(10**18 + tick[0] * 10**9, 10**18 + tick[0] * 10**9))
+
+
+def test_good_edit_is_picked_up_bad_edit_keeps_last_good(tmp_path, caplog):
+    path = tmp_path / "hubspot.yaml"
+    edit(path, GOOD)
+    live = LiveMapping(path, "hubspot")
+    first = live()
+    assert live() is first  # unchanged file: the same object, no reload
+
+    edit(path, GOOD.replace("  inbound:\n", "  inbound:\n    hubspot_owner_id: \"42\"\n", 1))
+    second = live()
+    assert second is not first and second.entries["inbound"]["hubspot_owner_id"].constant == "42"
+
+    caplog.set_level(logging.INFO, logger="connector.mapping")
+    edit(path, GOOD.replace("{{ body_html }}", "{{ body_htm }}", 1))
+    assert live() is second
+    refused = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    line = GOOD.splitlines().index('    hs_communication_body: "{{ body_html }}"        '
+                                   '# text, previews, links, "Download all", alerts') + 1
+    assert refused == [f"mapping {path}: edit refused, still using the last good mapping:\n"
+                       f"  {path}:{line}:32: unknown variable `body_htm`; did you mean `body_html`?"]
+    assert isinstance(live.last_error, MappingError)
+    caplog.clear()
+    assert live() is second  # refused once, not logged again on every message
+    assert not caplog.records
+
+    edit(path, GOOD)
+    assert "hubspot_owner_id" not in live().entries["inbound"]
+    assert live.last_error is None
+
+
+def test_bad_file_at_start_up_is_an_error(tmp_path):
+    path = tmp_path / "hubspot.yaml"
+    path.write_text("entries: [")
+    with pytest.raises(MappingError):
+        LiveMapping(path, "hubspot")
+
+
+def test_running_pipeline_renders_with_the_edited_mapping(tmp_path, make_runtime, caplog):
+    path = tmp_path / "hubspot.yaml"
+    edit(path, GOOD)
+    rt = make_runtime(hubspot={"mode": "dry-run", "mapping": str(path)}, salesforce={"mode": "off"})
+    client = create_app(rt.config, rt).test_client()
+    worker = rt.worker()
+
+    def post_and_run(name, message_id):
+        body = aircall_payload(name)
+        body["data"]["id"] = message_id
+        assert client.post("/webhooks/aircall", json=body).status_code == 200
+        worker.run_once()
+        [row] = [e for e in rt.store.list_events() if e["message_id"] == message_id]
+        return row["targets"]["hubspot"]
+
+    before = post_and_run("sms_received", "m-1")
+    assert "hubspot_owner_id" not in before["rendered"]["body"]["properties"]
+
+    edit(path, GOOD.replace("  inbound:\n", "  inbound:\n    hubspot_owner_id: \"{{ line.name }}\"\n", 1))
+    after = post_and_run("sms_received", "m-2")
+    assert after["state"] == "dry-run"
+    assert after["rendered"]["body"]["properties"]["hubspot_owner_id"] == "Sales US"
+
+    edit(path, GOOD.replace("{{ body_html }}", "{{ body_html ", 1))
+    kept = post_and_run("sms_received", "m-3")
+    assert kept["state"] == "dry-run"
+    assert kept["rendered"]["body"]["properties"]["hubspot_owner_id"] == "Sales US"
