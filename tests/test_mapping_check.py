@@ -141,11 +141,12 @@ def test_yaml_mistakes(tmp_path):
     assert errors_of(tmp_path, HUBSPOT.replace("  outbound:", " outbound:")) == [
         "F:7:2: invalid YAML: expected <block end>, but found '<block mapping start>' "
         "(check indentation and quote values that contain `: ` or start with `{`)"]
-    assert errors_of(tmp_path, HUBSPOT.replace("  status:\n    hs_communication_body: \"{{ body_html }}\"\n", "")) == [
-        "F:2:1: entries.status is missing (every event kind needs its fields)"]
     assert errors_of(tmp_path, HUBSPOT.replace("  status:", "  statuss:")) == [
-        "F:9:3: unknown event kind `statuss` (use inbound, outbound or status); did you mean `status`?",
-        "F:2:1: entries.status is missing (every event kind needs its fields)"]
+        "F:9:3: unknown event kind `statuss` (use inbound, outbound or status); did you mean `status`?"]
+    path = tmp_path / "nostatus.yaml"
+    path.write_text(HUBSPOT.replace("  status:\n    hs_communication_body: \"{{ body_html }}\"\n", ""))
+    assert Mapping.load(path, "hubspot").warnings == [
+        f"{path}:2:1: warning: entries.status is missing: status events will write no fields"]
     assert errors_of(tmp_path, HUBSPOT.replace("    hs_timestamp:", "    hs_communication_body: x\n    hs_timestamp:")) == [
         "F:6:5: `hs_communication_body` appears twice in entries.inbound; keep one"]
 

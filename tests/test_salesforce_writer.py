@@ -67,7 +67,7 @@ def test_inbound_mms_becomes_one_completed_task_on_the_contact(sf, rsps):
     assert upsert.request.headers["Authorization"] == "Bearer SESSION-1"
     body = body_of(upsert)
     assert body == {
-        "Subject": "MMS from (415) 555-0142: Photos of the damage <b>attached</b> & a quote",
+        "Subject": "MMS from +14155550142",
         "Description": body["Description"],
         "ActivityDate": "2026-11-20",
         "Status": "Completed",
@@ -117,7 +117,7 @@ def test_duplicates_and_status_updates_touch_one_record(sf, rsps):
     patches = calls_to(rsps, "PATCH", "/sobjects/Task/")
     assert [c.request.url for c in patches] == [url, url]
     create, update = body_of(patches[0]), body_of(patches[1])
-    assert create["WhoId"] == "003C" and create["Subject"] == "MMS to (302) 306-3029: Here is the brochure"
+    assert create["WhoId"] == "003C" and create["Subject"] == "MMS to +13023063029"
     assert "Pending" in create["Description"].splitlines()[0]
     assert update == {"Description": update["Description"]}  # the mapping's status entry only
     assert update["Description"].splitlines()[0].endswith("- Delivered")

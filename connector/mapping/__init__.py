@@ -221,7 +221,8 @@ class _Loader:
                     entries[kind] = self.kind_fields(kind, v, obj, custom)
             for kind in KINDS:
                 if kind not in entries and not any(kind == key for key, _, _ in self.pairs(entries_node, "entries")):
-                    self.at(entries_key, f"entries.{kind} is missing (every event kind needs its fields)")
+                    self.at(entries_key, f"entries.{kind} is missing: {kind} events will write no fields",
+                            "warning")
         options = {key: self.scalar(v) for key, (_, v) in top.items() if key not in SECTIONS}
         if self.errors:
             raise self.fail()
