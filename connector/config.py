@@ -43,8 +43,19 @@ class StoreConfig(_Section):
 
 
 class QueueConfig(_Section):
-    # Empty: workers poll the store (embedded default). redis://... : scaled-out mode.
+    # Empty: workers poll the store (embedded default). redis://... : scaled-out mode
+    # (wake-up nudges, shared rate limits and contact cache; the store keeps the work).
     url: str = ""
+    prefix: str = Field("mms-connector", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    socket_timeout: float = Field(1.0, gt=0, le=30)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty (poll the store) or a Redis URL: redis://host:6379/0, "
+                             "rediss://... or unix://...")
+        return v
 
 
 class WorkerConfig(_Section):
@@ -55,6 +66,21 @@ class WorkerConfig(_Section):
     max_attempts: int = Field(10, ge=1)
     backoff_initial: float = Field(2, gt=0)
     backoff_max: float = Field(900, gt=0)
+    # Writers with batch endpoints get up to this many deliveries per call, per CRM
+    # (HubSpot batch APIs take 100 inputs, Salesforce sObject Collections 200).
+    batch_size: dict[Literal["hubspot", "salesforce"], int] = Field(
+        default_factory=lambda: {"hubspot": 100, "salesforce": 200})
+    # How long a worker holding a partial batch waits for more work to fill it.
+    batch_wait: float = Field(0.2, ge=0, le=10)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_limits(cls, v: dict) -> dict:
+        limits = {"hubspot": 100, "salesforce": 200}
+        for crm, n in v.items():
+            if not 1 <= n <= limits[crm]:
+                raise ValueError(f"{crm}: must be between 1 and {limits[crm]} (the CRM's batch limit)")
+        return {**limits, **v}
 
 
 class AircallConfig(_Section):

@@ -5,7 +5,9 @@ import logging
 import threading
 
 from .config import Config
+from . import redisconn
 from .metrics import Metrics
+from .nudges import Nudges
 from .pipeline.worker import Pipeline, Worker
 from .pipeline.writers import build_writers
 from .store import Store
@@ -24,7 +26,11 @@ class Runtime:
         self.config = config
         self.store = Store(store_url(config))
         self.store.create_schema()
+        # No connection made here may cross a fork (gunicorn --preload): start afresh.
+        self.store.engine.dispose()
         self.wake_event = threading.Event()
+        # Redis in the scaled-out mode (queue.url): wake-up nudges to workers anywhere.
+        self.queue = Nudges(config) if redisconn.enabled(config) else None
         self.metrics = Metrics(self.store)
         self._pipeline: Pipeline | None = None
         self.in_flight = 0  # web requests being answered; workers in this process give way
@@ -55,12 +61,14 @@ class Runtime:
         return self._sender
 
     def wake(self) -> None:
-        """Nudge in-process workers that new work is stored."""
+        """Nudge workers that new work is stored: in this process, and (with Redis) everywhere."""
         self.wake_event.set()
+        if self.queue is not None:
+            self.queue.publish()
 
     def worker(self) -> Worker:
         w = Worker(self.config, self.store, self.pipeline, self.wake_event,
-                   requests_in_flight=lambda: self.in_flight)
+                   requests_in_flight=lambda: self.in_flight, nudges=self.queue)
         w.tasks.append(self.outbound)
         return w
 

@@ -252,8 +252,10 @@ class Store:
 
     # -- worker side ---------------------------------------------------------------
     def claim(self, owner: str, lease_seconds: float, limit: int = 10,
-              target: str | None = None, now: float | None = None) -> list[Delivery]:
-        """Lease up to ``limit`` due deliveries. Never two of one CRM record at once."""
+              target: str | None = None, now: float | None = None,
+              exclude: Iterable[str] = ()) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries (of ``target``, or of any target not in
+        ``exclude``). Never two of one CRM record at once."""
         now = now or time.time()
         d2 = deliveries.alias("d2")
         busy = select(d2.c.id).where(
@@ -264,6 +266,8 @@ class Store:
                  or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until <= now), ~busy]
         if target:
             conds.append(deliveries.c.target == target)
+        if exclude:
+            conds.append(deliveries.c.target.not_in(list(exclude)))
         q = (select(deliveries.c.id, deliveries.c.target, deliveries.c.message_id)
              .where(and_(*conds)).order_by(deliveries.c.next_at, deliveries.c.id).limit(limit * 4))
         claimed: list[Delivery] = []

@@ -8,6 +8,7 @@ writes a new file under ``versions/`` from the difference, to review and commit.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -17,6 +18,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 HERE = Path(__file__).resolve().parent
+# Alembic logs each plugin it loads at INFO; keep "Running upgrade ..." lines only.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 # Serializes schema upgrades across processes starting at once (PostgreSQL advisory lock id).
 UPGRADE_LOCK_ID = 7261002
 

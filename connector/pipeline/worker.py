@@ -14,7 +14,7 @@ import time
 from tenacity import RetryCallState, wait_exponential, wait_random
 
 from ..config import Config
-from ..crm.base import DeliveryContext, PermanentError, RateLimited, TransientError, Writer
+from ..crm.base import DeliveryContext, Outcome, PermanentError, RateLimited, TransientError, Writer
 from ..providers import PARSERS
 from ..providers.aircall import Ignored, PayloadError
 from ..render import default_media_views
@@ -50,65 +50,113 @@ class Pipeline:
             self.metrics.write(d.target, outcome)
         return RETRYING if outcome == "rate_limited" else outcome
 
-    def process(self, d: Delivery) -> str:
-        cfg = self.config.worker
+    def _prepare(self, d: Delivery):
+        """(event, writer, ctx) for a claimed delivery, or the error that is its outcome."""
         try:
             event = PARSERS[d.provider](d.payload)
         except (PayloadError, Ignored, KeyError) as exc:  # stored payloads were validated; be safe
-            self.store.finish(d, DEAD, error=f"stored payload no longer parses: {exc}")
-            return self._count(d, DEAD)
+            return PermanentError(f"stored payload no longer parses: {exc}")
         writer = self.writers.get(d.target)
         if writer is None:
-            self.store.finish(d, DEAD, error=f"{d.target} is not configured")
-            return self._count(d, DEAD)
-        paused = self.paused_until.get(d.target, 0.0)
-        if paused > time.time():  # the CRM asked us to wait: no call before that, for any message
-            self.store.finish(d, RETRYING, count_attempt=False, next_at=paused,
-                              error=f"rate limited: {d.target} paused for {paused - time.time():.0f}s")
-            return RETRYING
+            return PermanentError(f"{d.target} is not configured")
+        paused = self.paused_until.get(d.target, 0.0) - time.time()
+        if paused > 0:  # the CRM asked us to wait: no call before that, for any message
+            return RateLimited(f"{d.target} paused for {paused:.0f}s", retry_after=paused)
         try:
             views, download_all = self.media(event, d)
-            ctx = DeliveryContext(store=self.store, config=self.config, media=views,
-                                  download_all_link=download_all)
-            outcome = writer.deliver(event, ctx)
-        except RateLimited as exc:
+        except Exception as exc:  # e.g. an attachment could not be stored yet: retry
+            return exc
+        return event, writer, DeliveryContext(store=self.store, config=self.config, media=views,
+                                              download_all_link=download_all)
+
+    def process(self, d: Delivery) -> str:
+        """Deliver one delivery with ``writer.deliver`` and record its outcome."""
+        prepared = self._prepare(d)
+        if isinstance(prepared, BaseException):
+            return self.record(d, prepared)
+        event, writer, ctx = prepared
+        try:
+            result = writer.deliver(event, ctx)
+        except Exception as exc:
+            result = exc
+        return self.record(d, result)
+
+    def process_batch(self, batch: list[Delivery]) -> list[str]:
+        """Deliver deliveries of one CRM with one ``writer.deliver_many`` call; each item's
+        outcome (or exception) is recorded on its own, so one failed item retries or
+        dead-letters alone."""
+        states: list[str | None] = [None] * len(batch)
+        items, where = [], []
+        for i, d in enumerate(batch):
+            prepared = self._prepare(d)
+            if isinstance(prepared, BaseException):
+                states[i] = self.record(d, prepared)
+            else:
+                items.append(prepared)
+                where.append(i)
+        if items:
+            writer = items[0][1]
+            try:
+                results = list(writer.deliver_many([(event, ctx) for event, _, ctx in items]))
+                if len(results) != len(items):
+                    raise TransientError(f"{writer.name} answered {len(results)} outcomes for "
+                                         f"{len(items)} items")
+            except Exception as exc:  # the whole call failed: every item shares the outcome
+                results = [exc] * len(items)
+            for i, result in zip(where, results):
+                states[i] = self.record(batch[i], result)
+        return states  # type: ignore[return-value]
+
+    def record(self, d: Delivery, result: Outcome | BaseException) -> str:
+        """Commit one delivery's outcome: done, parked (rate limit), retry later, or dead."""
+        cfg = self.config.worker
+        if isinstance(result, Outcome):
+            self.store.finish(d, result.state, rendered=result.rendered, result=result.result)
+            log.info("delivery %s message %s %s: %s", d.id, d.message_id, d.target, result.state)
+            return self._count(d, result.state)
+        exc = result if isinstance(result, BaseException) else TransientError(
+            f"{d.target} writer returned {result!r} instead of an outcome")
+        if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else cfg.backoff_initial
-            self.paused_until[d.target] = max(paused, time.time() + wait)
+            self.paused_until[d.target] = max(self.paused_until.get(d.target, 0.0), time.time() + wait)
             self.store.finish(d, RETRYING, error=f"rate limited: {exc}", next_at=time.time() + wait,
                               count_attempt=False)
             log.info("delivery %s message %s %s: rate limited, parked %.0fs", d.id, d.message_id, d.target, wait)
             return self._count(d, "rate_limited")
-        except PermanentError as exc:
+        if isinstance(exc, PermanentError):
             self.store.finish(d, DEAD, error=str(exc))
             log.warning("delivery %s message %s %s: dead letter: %s", d.id, d.message_id, d.target, exc)
             return self._count(d, DEAD)
-        except Exception as exc:  # TransientError, or a bug: retry, dead-letter when attempts run out
-            attempt = d.attempts + 1
-            reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, TransientError):
-                log.exception("delivery %s message %s %s: unexpected error", d.id, d.message_id, d.target)
-            if attempt >= cfg.max_attempts:
-                self.store.finish(d, DEAD, error=f"gave up after {attempt} attempts: {reason}")
-                log.warning("delivery %s message %s %s: dead letter after %d attempts: %s",
-                            d.id, d.message_id, d.target, attempt, reason)
-                return self._count(d, DEAD)
-            wait = backoff_seconds(attempt, cfg.backoff_initial, cfg.backoff_max)
-            if isinstance(exc, TransientError) and exc.retry_after:
-                wait = max(wait, exc.retry_after)
-            self.store.finish(d, RETRYING, error=reason, next_at=time.time() + wait)
-            log.info("delivery %s message %s %s: attempt %d failed (%s), retry in %.1fs",
-                     d.id, d.message_id, d.target, attempt, reason, wait)
-            return self._count(d, RETRYING)
-        self.store.finish(d, outcome.state, rendered=outcome.rendered, result=outcome.result)
-        log.info("delivery %s message %s %s: %s", d.id, d.message_id, d.target, outcome.state)
-        return self._count(d, outcome.state)
+        # TransientError, or a bug: retry, dead-letter when attempts run out.
+        attempt = d.attempts + 1
+        reason = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, TransientError):
+            log.error("delivery %s message %s %s: unexpected error", d.id, d.message_id, d.target,
+                      exc_info=exc)
+        if attempt >= cfg.max_attempts:
+            self.store.finish(d, DEAD, error=f"gave up after {attempt} attempts: {reason}")
+            log.warning("delivery %s message %s %s: dead letter after %d attempts: %s",
+                        d.id, d.message_id, d.target, attempt, reason)
+            return self._count(d, DEAD)
+        wait = backoff_seconds(attempt, cfg.backoff_initial, cfg.backoff_max)
+        if isinstance(exc, TransientError) and exc.retry_after:
+            wait = max(wait, exc.retry_after)
+        self.store.finish(d, RETRYING, error=reason, next_at=time.time() + wait)
+        log.info("delivery %s message %s %s: attempt %d failed (%s), retry in %.1fs",
+                 d.id, d.message_id, d.target, attempt, reason, wait)
+        return self._count(d, RETRYING)
 
 
 class Worker:
-    """Threads that claim and process deliveries until stopped."""
+    """Threads that claim and process deliveries until stopped.
+
+    Writers with ``deliver_many`` get their deliveries in batches of up to
+    ``worker.batch_size[crm]``; a worker holding a partial batch waits up to
+    ``worker.batch_wait`` for more. Others get one delivery at a time.
+    """
 
     def __init__(self, config: Config, store: Store, pipeline: Pipeline, wake: threading.Event | None = None,
-                 requests_in_flight=lambda: 0):
+                 requests_in_flight=lambda: 0, nudges=None):
         self.config = config
         self.store = store
         self.pipeline = pipeline
@@ -116,23 +164,54 @@ class Worker:
         # In `serve`, workers share one process (and the GIL and SQLite's write lock) with
         # the web threads: webhook acknowledgements go first, CRM work waits a moment.
         self.requests_in_flight = requests_in_flight
+        self.nudges = nudges  # connector.nudges.Nudges in the scaled-out mode
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
         # More work sources (the outbound sender): run_once(owner) -> int, sweep() -> int.
         self.tasks: list = []
 
+    def batching_targets(self) -> list[str]:
+        return [t for t, w in self.pipeline.writers.items() if callable(getattr(w, "deliver_many", None))]
+
+    def claim_batch(self, owner: str, target: str, wait: float = 0.0) -> list[Delivery]:
+        """Up to the target's batch size; with ``wait``, a partial batch waits that long to fill."""
+        size = self.config.worker.batch_size.get(target, 1)
+        lease = self.config.worker.lease_seconds
+        batch = self.store.claim(owner, lease, limit=size, target=target)
+        deadline = time.monotonic() + wait
+        while batch and len(batch) < size and not self.stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.stop_event.wait(min(remaining, 0.05))
+            batch += self.store.claim(owner, lease, limit=size - len(batch), target=target)
+        return batch
+
+    def run_round(self, owner: str, wait: float = 0.0) -> int:
+        """One batch per batching CRM, then a few single deliveries for the others; how many ran."""
+        done = 0
+        batching = self.batching_targets()
+        for target in batching:
+            batch = self.claim_batch(owner, target, wait)
+            if batch:
+                self._give_way()
+                self.pipeline.process_batch(batch)
+                done += len(batch)
+        for d in self.store.claim(owner, self.config.worker.lease_seconds, limit=10, exclude=batching):
+            self._give_way()
+            self.pipeline.process(d)
+            done += 1
+        return done
+
     def run_once(self, owner: str | None = None) -> int:
-        """Claim and process what is due now; returns how many deliveries ran."""
+        """Claim and process what is due now (no waiting); returns how many deliveries ran."""
         owner = owner or new_owner_id()
         done = 0
         while True:
-            batch = self.store.claim(owner, self.config.worker.lease_seconds, limit=10)
-            if not batch:
+            n = self.run_round(owner)
+            if n == 0:
                 return done
-            for d in batch:
-                self._give_way()
-                self.pipeline.process(d)
-                done += 1
+            done += n
 
     def _give_way(self, most: float = 0.05) -> None:
         deadline = time.monotonic() + most
@@ -143,7 +222,7 @@ class Worker:
         owner = new_owner_id()
         while not self.stop_event.is_set():
             try:
-                done = self.run_once(owner)
+                done = self.run_round(owner, self.config.worker.batch_wait)
                 for task in self.tasks:
                     done += task.run_once(owner)
                 if done == 0:
@@ -173,6 +252,11 @@ class Worker:
         t = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
         t.start()
         self.threads.append(t)
+        if self.nudges is not None:
+            t = threading.Thread(target=self.nudges.listen, args=(self.wake, self.stop_event),
+                                 name="nudges", daemon=True)
+            t.start()
+            self.threads.append(t)
 
     def stop(self, timeout: float = 10) -> None:
         self.stop_event.set()

@@ -1,0 +1,138 @@
+"""Worker-side batching: writers with deliver_many get a CRM's due deliveries together,
+and each item's outcome is recorded on its own."""
+from __future__ import annotations
+
+import copy
+
+from connector.crm.base import Outcome, PermanentError, RateLimited, TransientError
+
+from conftest import aircall_payload
+
+
+class BatchWriter:
+    """A writer with batch endpoints: answers each message per ``script``, records calls."""
+
+    name = "hubspot"
+
+    def __init__(self, script=None, fail_call: Exception | None = None):
+        self.script = script or {}
+        self.fail_call = fail_call
+        self.calls: list[list[str]] = []
+
+    def deliver(self, event, ctx):
+        raise AssertionError("a batching writer must get deliver_many")
+
+    def deliver_many(self, items):
+        self.calls.append([event.message_id for event, _ in items])
+        if self.fail_call:
+            raise self.fail_call
+        out = []
+        for event, _ctx in items:
+            r = self.script.get(event.message_id, "ok")
+            out.append(Outcome("delivered", rendered={"id": event.message_id}, result={"id": f"c-{event.message_id}"})
+                       if r == "ok" else r)
+        return out
+
+
+def _post(client, message_id: str):
+    body = copy.deepcopy(aircall_payload("sms_received"))
+    body["data"]["id"] = message_id
+    r = client.post("/webhooks/aircall", json=body)
+    assert r.status_code == 200, r.get_json()
+
+
+def _states(rt):
+    return {e["message_id"]: {t: (v["state"], v["attempts"], v["error"]) for t, v in e["targets"].items()}
+            for e in rt.store.list_events(limit=100)}
+
+
+def _setup(make_runtime, writer, size=3):
+    from connector.web import create_app
+    rt = make_runtime(worker={"batch_size": {"hubspot": size}, "max_attempts": 3,
+                              "backoff_initial": 60, "backoff_max": 120})  # retries wait: one pass
+    rt.pipeline.writers["hubspot"] = writer
+    return rt, create_app(rt.config, rt).test_client()
+
+
+def test_one_call_per_batch_and_per_item_outcomes(make_runtime):
+    writer = BatchWriter(script={
+        "m2": TransientError("HTTP 503 from batch item"),
+        "m3": PermanentError("property hs_communication_body is invalid"),
+        "m4": RateLimited("secondly limit", retry_after=30),
+    })
+    rt, client = _setup(make_runtime, writer, size=3)
+    for i in range(1, 6):
+        _post(client, f"m{i}")
+
+    ran = rt.worker().run_once()
+
+    assert ran == 10  # 5 hubspot in batches + 5 salesforce (dry-run, one at a time)
+    assert writer.calls == [["m1", "m2", "m3"], ["m4", "m5"]]
+    states = _states(rt)
+    assert {m: s["hubspot"] for m, s in states.items()} == {
+        "m1": ("delivered", 1, None),
+        "m2": ("retrying", 1, "HTTP 503 from batch item"),
+        "m3": ("dead", 1, "property hs_communication_body is invalid"),
+        "m4": ("retrying", 0, "rate limited: secondly limit"),  # parked, not an attempt
+        "m5": ("delivered", 1, None),
+    }
+    assert all(s["salesforce"][0] == "dry-run" for s in states.values())
+    assert rt.store.list_events(limit=100)[-1]["targets"]["hubspot"]["result"] == {"id": "c-m1"}
+
+
+def test_a_failed_call_fails_each_item_alone_and_retries(make_runtime):
+    writer = BatchWriter(fail_call=TransientError("connection reset"))
+    rt, client = _setup(make_runtime, writer)
+    for i in range(1, 3):
+        _post(client, f"m{i}")
+    rt.worker().run_once()
+    assert writer.calls == [["m1", "m2"]]
+    assert {m: s["hubspot"] for m, s in _states(rt).items()} == {
+        "m1": ("retrying", 1, "connection reset"), "m2": ("retrying", 1, "connection reset")}
+
+
+def test_a_writer_answering_the_wrong_number_of_outcomes_is_a_transient_error(make_runtime):
+    class Short(BatchWriter):
+        def deliver_many(self, items):
+            super().deliver_many(items)
+            return [Outcome("delivered")]
+
+    rt, client = _setup(make_runtime, Short())
+    _post(client, "m1")
+    _post(client, "m2")
+    rt.worker().run_once()
+    assert {s["hubspot"] for s in _states(rt).values()} == {
+        ("retrying", 1, "hubspot answered 1 outcomes for 2 items")}
+
+
+def test_two_events_of_one_message_never_share_a_batch(make_runtime):
+    writer = BatchWriter()
+    rt, client = _setup(make_runtime, writer, size=10)
+    _post(client, "m1")
+    status = copy.deepcopy(aircall_payload("status_delivered"))
+    status["data"]["id"] = "m1"
+    assert client.post("/webhooks/aircall", json=status).status_code == 200
+    _post(client, "m2")
+    rt.worker().run_once()
+    assert writer.calls == [["m1", "m2"], ["m1"]]
+
+
+def test_a_partial_batch_waits_to_fill_up_to_batch_size(make_runtime):
+    writer = BatchWriter()
+    rt, client = _setup(make_runtime, writer, size=3)
+    _post(client, "m1")
+    real_claim = rt.store.claim
+    arrivals = iter([["m2", "m3"], ["m4"]])
+
+    def claim(*args, **kwargs):
+        got = real_claim(*args, **kwargs)
+        for m in next(arrivals, []):  # more webhooks arrive while the batch waits
+            _post(client, m)
+        return got
+
+    rt.store.claim = claim
+    worker = rt.worker()
+    batch = worker.claim_batch("w1", "hubspot", wait=30)  # full at 3: returns long before 30 s
+    assert [d.message_id for d in batch] == ["m1", "m2", "m3"]
+    rest = worker.claim_batch("w1", "hubspot", wait=0)  # no wait: what is due now
+    assert [d.message_id for d in rest] == ["m4"]

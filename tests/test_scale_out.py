@@ -1,0 +1,120 @@
+"""The scaled-out mode: Redis nudges, the WSGI entry, and gunicorn + workers on PG/Redis."""
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+import subprocess
+import sys
+import threading
+
+import requests
+
+from connector.config import load_config
+from connector.nudges import Nudges
+from connector.runtime import Runtime
+from connector.web import create_app
+
+from conftest import ROOT, TOKEN, aircall_payload, base_config
+from procs import free_port, stop, wait_for, write_config
+
+
+def _answers(url: str, proc) -> bool:
+    assert proc.poll() is None, f"exited with {proc.returncode}"
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_a_stored_webhook_nudges_workers_through_redis(tmp_path, redis_url):
+    url, prefix = redis_url
+    cfg = load_config(data=base_config(tmp_path, queue={"url": url, "prefix": prefix}))
+    web = Runtime(cfg)
+    woken, stop_listening = threading.Event(), threading.Event()
+    listener = threading.Thread(target=Nudges(cfg).listen, args=(woken, stop_listening), daemon=True)
+    listener.start()
+    try:
+        client = create_app(cfg, web).test_client()
+        # Subscribed once a publish reaches a listener; before that, nudges are simply lost.
+        from connector import redisconn
+        wait_for(lambda: redisconn.client(cfg).pubsub_numsub(f"{prefix}:nudge")[0][1] >= 1,
+                 timeout=10, what="subscription")
+        assert client.post("/webhooks/aircall", json=aircall_payload("sms_received")).status_code == 200
+        assert woken.wait(10)
+        woken.clear()
+        # A duplicate creates no work, so it sends no nudge.
+        assert client.post("/webhooks/aircall", json=aircall_payload("sms_received")).get_json()["status"] == "duplicate"
+        assert not woken.wait(0.3)
+    finally:
+        stop_listening.set()
+        listener.join(5)
+
+
+def test_webhooks_are_stored_when_redis_is_down(tmp_path):
+    port = free_port()  # nothing listens there
+    cfg = load_config(data=base_config(tmp_path, queue={"url": f"redis://127.0.0.1:{port}/0"}))
+    rt = Runtime(cfg)
+    client = create_app(cfg, rt).test_client()
+    r = client.post("/webhooks/aircall", json=aircall_payload("sms_received"))
+    assert r.status_code == 200 and r.get_json()["status"] == "stored"
+    assert rt.store.pending_count() == 2
+    # The next webhook does not even try Redis for a while.
+    assert client.post("/webhooks/aircall", json=aircall_payload("mms_received")).status_code == 200
+
+
+def test_wsgi_entry_reads_config_from_the_environment(tmp_path, monkeypatch):
+    path = write_config(tmp_path / "c.yaml", base_config(tmp_path))
+    monkeypatch.setenv("MMS_CONNECTOR_CONFIG", str(path))
+    sys.modules.pop("connector.web.wsgi", None)
+    wsgi = importlib.import_module("connector.web.wsgi")
+    r = wsgi.app.test_client().post("/webhooks/aircall", json=aircall_payload("sms_received"))
+    assert r.status_code == 200 and r.get_json()["status"] == "stored"
+    assert wsgi.app.extensions["connector"].config.source == str(path)
+    sys.modules.pop("connector.web.wsgi", None)
+
+
+def test_wsgi_entry_with_a_bad_config_names_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("aircall:\n  webhook_tokens: [x]\nqueue:\n  url: http://nope\n")
+    r = subprocess.run([sys.executable, "-c", "import connector.web.wsgi"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "MMS_CONNECTOR_CONFIG": str(path)})
+    assert r.returncode == 2
+    assert "queue.url: " in r.stderr and "Redis URL" in r.stderr
+
+
+def test_two_gunicorn_web_processes_and_two_workers_on_postgresql_and_redis(tmp_path, pg_url, redis_url):
+    url, prefix = redis_url
+    data = base_config(tmp_path, store={"url": pg_url}, queue={"url": url, "prefix": prefix},
+                       worker={"poll_interval": 5})  # slow polling: the nudge must do the waking
+    path = write_config(tmp_path / "c.yaml", data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMS_CONNECTOR_CONFIG": str(path)}
+    port = free_port()
+    log = open(tmp_path / "procs.log", "ab")
+    procs = [subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
+                               "connector.web.wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=log)]
+    procs += [subprocess.Popen([sys.executable, "-m", "connector.cli", "worker", "--config", str(path)],
+                               cwd=ROOT, env=env, stdout=log, stderr=log) for _ in range(2)]
+    try:
+        # gunicorn's master accepts before its workers have booted: wait for a real answer.
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/readyz", procs[0]), timeout=60, what="gunicorn")
+        statuses = []
+        for i in range(20):
+            body = copy.deepcopy(aircall_payload("mms_received" if i % 2 else "sms_received"))
+            body["data"]["id"] = f"burst-{i}"
+            statuses.append(requests.post(f"http://127.0.0.1:{port}/webhooks/aircall", json=body, timeout=10).status_code)
+            requests.post(f"http://127.0.0.1:{port}/webhooks/aircall", json=body, timeout=10)  # redelivery
+        assert statuses == [200] * 20
+        rt = Runtime(load_config(path))
+        events = wait_for(lambda: (ev := rt.store.list_events(limit=100)) and all(
+            t["state"] == "dry-run" for e in ev for t in e["targets"].values()) and ev,
+            timeout=30, what="every delivery done")
+        assert sorted(e["message_id"] for e in events) == sorted(f"burst-{i}" for i in range(20))
+        assert {tuple(sorted(e["targets"])) for e in events} == {("hubspot", "salesforce")}
+        assert all(t["attempts"] == 1 for e in events for t in e["targets"].values())
+    finally:
+        for p in procs:
+            stop(p)
+        log.close()
+    text = (tmp_path / "procs.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
