@@ -66,21 +66,8 @@ class WorkerConfig(_Section):
     max_attempts: int = Field(10, ge=1)
     backoff_initial: float = Field(2, gt=0)
     backoff_max: float = Field(900, gt=0)
-    # Writers with batch endpoints get up to this many deliveries per call, per CRM
-    # (HubSpot batch APIs take 100 inputs, Salesforce sObject Collections 200).
-    batch_size: dict[Literal["hubspot", "salesforce"], int] = Field(
-        default_factory=lambda: {"hubspot": 100, "salesforce": 200})
-    # How long a worker holding a partial batch waits for more work to fill it.
+    # How long a worker holding a partial batch (<crm>.batch_size) waits for more work to fill it.
     batch_wait: float = Field(0.2, ge=0, le=10)
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch_limits(cls, v: dict) -> dict:
-        limits = {"hubspot": 100, "salesforce": 200}
-        for crm, n in v.items():
-            if not 1 <= n <= limits[crm]:
-                raise ValueError(f"{crm}: must be between 1 and {limits[crm]} (the CRM's batch limit)")
-        return {**limits, **v}
 
 
 class AircallConfig(_Section):

@@ -48,7 +48,7 @@ def _states(rt):
 
 def _setup(make_runtime, writer, size=3):
     from connector.web import create_app
-    rt = make_runtime(worker={"batch_size": {"hubspot": size}, "max_attempts": 3,
+    rt = make_runtime(hubspot={"batch_size": size}, worker={"max_attempts": 3,
                               "backoff_initial": 60, "backoff_max": 120})  # retries wait: one pass
     rt.pipeline.writers["hubspot"] = writer
     return rt, create_app(rt.config, rt).test_client()

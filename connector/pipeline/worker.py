@@ -151,7 +151,7 @@ class Worker:
     """Threads that claim and process deliveries until stopped.
 
     Writers with ``deliver_many`` get their deliveries in batches of up to
-    ``worker.batch_size[crm]``; a worker holding a partial batch waits up to
+    ``<crm>.batch_size`` (claimed together, one ``deliver_many`` call); a worker holding a partial batch waits up to
     ``worker.batch_wait`` for more. Others get one delivery at a time.
     """
 
@@ -175,7 +175,7 @@ class Worker:
 
     def claim_batch(self, owner: str, target: str, wait: float = 0.0) -> list[Delivery]:
         """Up to the target's batch size; with ``wait``, a partial batch waits that long to fill."""
-        size = self.config.worker.batch_size.get(target, 1)
+        size = getattr(getattr(self.config, target, None), "batch_size", 1)
         lease = self.config.worker.lease_seconds
         batch = self.store.claim(owner, lease, limit=size, target=target)
         deadline = time.monotonic() + wait
