@@ -75,18 +75,19 @@ def search_body(cfg: HubSpotConfig, numbers: list[str], after: str | None = None
     return body
 
 
-def _matches(cfg: HubSpotConfig, props: dict, number: str) -> bool:
-    region = phones.region_of(number) or phones.DEFAULT_REGION
+def _owners(cfg: HubSpotConfig, props: dict, wanted: dict, regions: set) -> set[str]:
+    """Which searched numbers a found contact has (HubSpot ORs the filters of many numbers)."""
+    out: set[str] = set()
     for prop in cfg.match_properties:
         value = (props or {}).get(prop)
         if not value:
             continue
         if prop.startswith("hs_searchable_calculated_"):
-            if phones.digits(value) == _search_value(prop, number):
-                return True
-        elif phones.to_e164(value, region) == number:
-            return True
-    return False
+            out.update(wanted.get((prop, phones.digits(value)), ()))
+        else:  # typed by a person: normalize as each searched number's country would
+            for region in regions:
+                out.update(wanted.get((prop, phones.to_e164(value, region)), ()))
+    return out
 
 
 def _when(obj, attr: str, prop: str) -> float:
@@ -161,6 +162,11 @@ class ContactMatcher:
 
     def _search(self, numbers: list[str]) -> dict[str, list]:
         found: dict[str, list] = {n: [] for n in numbers}
+        wanted: dict[tuple, list] = {}
+        for n in numbers:
+            for prop in self.cfg.match_properties:
+                wanted.setdefault((prop, _search_value(prop, n)), []).append(n)
+        regions = {phones.region_of(n) or phones.DEFAULT_REGION for n in numbers}
         after = None
         while True:
             res = self.api.call(self.api.contacts_search.do_search,
@@ -170,9 +176,8 @@ class ContactMatcher:
                 if len(numbers) == 1:  # HubSpot matched it on one of our filters
                     found[numbers[0]].append(c)
                     continue
-                for n in numbers:
-                    if _matches(self.cfg, c.properties, n):
-                        found[n].append(c)
+                for n in _owners(self.cfg, c.properties, wanted, regions):
+                    found[n].append(c)
             nxt = getattr(getattr(res, "paging", None), "next", None)
             after = getattr(nxt, "after", None)
             if not after:

@@ -1,0 +1,123 @@
+"""deliver_many: a burst in a few HubSpot calls; a 207 fails only the refused records."""
+from __future__ import annotations
+
+import copy
+
+from connector.crm.base import DeliveryContext, Outcome, PermanentError, TransientError
+from connector.providers import aircall
+from connector.render import default_media_views
+from tests.conftest import aircall_payload
+from tests.hubspot_fake import hubspot_error
+from tests.hubspot_helpers import hub, live  # noqa: F401 (fixtures)
+
+BATCH = "/crm/v3/objects/communications/batch/create"
+
+
+def items(rt, n: int, contacts: int, fixture: str = "mms_received", start: int = 0, **data) -> list:
+    base = aircall_payload(fixture)
+    out = []
+    for i in range(start, start + n):
+        p = copy.deepcopy(base)
+        p["data"].update(id=f"burst{i:04d}", raw_digits=f"+1 415 555 {i % contacts:04d}", **data)
+        e = aircall.parse(p)
+        out.append((e, DeliveryContext(store=rt.store, config=rt.config, media=default_media_views(e))))
+    return out
+
+
+def test_a_burst_is_two_searches_one_label_check_and_two_batch_creates(live, hub):
+    formats = ["(415) 555-{:04d}", "+1 415 555 {:04d}", "415555{:04d}", "+1415555{:04d}"]
+    ids = [hub.add_contact(**{("mobilephone" if i % 5 == 0 else "phone"): formats[i % 4].format(i)})
+           for i in range(60)]
+    rt = live()
+    writer = rt.pipeline.writers["hubspot"]
+    burst = items(rt, 120, 60)
+    results = writer.deliver_many(burst)
+    assert all(isinstance(r, Outcome) and r.state == "delivered" for r in results), results[:3]
+    assert [(m, p) for m, p, _ in hub.requests] == [
+        ("POST", "/crm/v3/objects/contacts/search"), ("POST", "/crm/v3/objects/contacts/search"),
+        ("GET", "/crm/v4/associations/communications/contacts/labels"),
+        ("POST", BATCH), ("POST", BATCH)]
+    first = hub.requests[0][2]
+    assert first["filterGroups"][0] == {"filters": [{
+        "propertyName": "phone", "operator": "IN",
+        "values": [f"+1415555{i:04d}" for i in range(50)]}]}
+    assert first["filterGroups"][2]["filters"][0]["values"][:2] == ["4155550000", "4155550001"]
+    assert len(hub.requests[1][2]["filterGroups"][1]["filters"][0]["values"]) == 10
+    creates = [r[2]["inputs"] for r in hub.calls("POST", BATCH)]
+    assert [len(c) for c in creates] == [100, 20]
+    one = creates[0][7]
+    assert one["objectWriteTraceId"] == "burst0007"
+    assert one["associations"] == [{"to": {"id": ids[7]}, "types": [
+        {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 81}]}]
+    assert one["properties"]["hs_communication_channel_type"] == "SMS"
+    assert {k: v for k, v in one.items() if k != "objectWriteTraceId"} == results[7].rendered["body"]
+    assert len(hub.comms) == 120
+    assert rt.store.get_record("hubspot", "burst0119")["object_id"] in hub.comms
+
+
+def test_207_fails_only_the_refused_record(live, hub):
+    for i in range(3):
+        hub.add_contact(phone=f"+1415555{i:04d}")
+    hub.batch_rejects["burst0001"] = "Property values were not valid: hs_timestamp"
+    rt = live()
+    writer = rt.pipeline.writers["hubspot"]
+    results = writer.deliver_many(items(rt, 3, 3))
+    assert isinstance(results[0], Outcome) and isinstance(results[2], Outcome)
+    assert isinstance(results[1], PermanentError)
+    assert str(results[1]) == "HubSpot 207 VALIDATION_ERROR: Property values were not valid: hs_timestamp"
+    assert len(hub.comms) == 2
+    rec = rt.store.get_record("hubspot", "burst0001")
+    assert rec["object_id"] is None and rec["data"] == {}  # refused: a replay creates, no search
+    del hub.batch_rejects["burst0001"]
+    again = writer.deliver_many(items(rt, 1, 3, start=1))
+    assert again[0].state == "delivered" and len(hub.comms) == 3
+    assert hub.calls("POST", "/crm/v3/objects/communications/search") == []
+
+
+def test_status_burst_is_one_batch_update_and_a_missing_entry_fails_alone(live, hub):
+    for i in range(3):
+        hub.add_contact(phone=f"+1415555{i:04d}")
+    rt = live()
+    writer = rt.pipeline.writers["hubspot"]
+    writer.deliver_many(items(rt, 3, 3, fixture="message_sent"))
+    gone = rt.store.get_record("hubspot", "burst0002")["object_id"]
+    del hub.comms[gone]  # a rep deleted it in HubSpot
+    results = writer.deliver_many(items(rt, 3, 3, fixture="status_delivered"))
+    [update] = hub.calls("POST", "/crm/v3/objects/communications/batch/update")
+    assert [i["id"] for i in update[2]["inputs"]] == [
+        rt.store.get_record("hubspot", f"burst{i:04d}")["object_id"] for i in range(3)]
+    assert set(update[2]["inputs"][0]) == {"id", "properties"}
+    assert "Delivered" in update[2]["inputs"][0]["properties"]["hs_communication_body"]
+    assert [type(r).__name__ for r in results] == ["Outcome", "Outcome", "PermanentError"]
+    assert "Object not found" in str(results[2])
+    assert rt.store.get_record("hubspot", "burst0000")["status"] == "delivered"
+    assert rt.store.get_record("hubspot", "burst0002")["status"] == "pending"
+    # Late "sent" events change nothing and call nothing.
+    calls = len(hub.requests)
+    late = writer.deliver_many(items(rt, 2, 3, fixture="status_sent"))
+    assert [r.result["operation"] for r in late] == ["none", "none"] and len(hub.requests) == calls
+
+
+def test_burst_mixes_skipped_unknown_numbers_and_creates(live, hub):
+    hub.add_contact(phone="+14155550000")
+    rt = live()
+    results = rt.pipeline.writers["hubspot"].deliver_many(items(rt, 2, 2))
+    assert results[0].state == "delivered"
+    assert results[1].state == "skipped"
+    assert results[1].result["reason"].startswith("no HubSpot contact has the number +14155550001")
+    assert len(hub.calls("POST", "/crm/v3/objects/communications")) == 1  # one left: single create
+
+
+def test_ambiguous_batch_failure_is_searched_before_creating_again(live, hub):
+    for i in range(2):
+        hub.add_contact(phone=f"+1415555{i:04d}")
+    hub.fail_next("POST", BATCH, hubspot_error(502, "bad gateway", "INTERNAL_ERROR"), then_run=True)
+    rt = live()
+    writer = rt.pipeline.writers["hubspot"]
+    first = writer.deliver_many(items(rt, 2, 2))
+    assert all(isinstance(r, TransientError) for r in first) and len(hub.comms) == 2
+    writer.search_lag = 0
+    second = writer.deliver_many(items(rt, 2, 2))
+    assert [r.state for r in second] == ["delivered", "delivered"]
+    assert len(hub.calls("POST", "/crm/v3/objects/communications/search")) == 2
+    assert len(hub.comms) == 2 and len(hub.calls("POST", BATCH)) == 1
