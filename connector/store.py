@@ -354,6 +354,21 @@ class Store:
         with self.write() as conn:
             conn.execute(stmt)
 
+    def save_records(self, target: str, records: list[dict]) -> None:
+        """``save_record`` for many messages in one transaction (a batch's outcomes).
+        Each dict has message_id, object_type, object_id, status and optionally data."""
+        if not records:
+            return
+        now = time.time()
+        rows = [dict(target=target, message_id=r["message_id"], object_type=r["object_type"],
+                     object_id=r["object_id"], status=r["status"], data=json.dumps(r.get("data") or {}),
+                     updated_at=now) for r in records]
+        stmt = _insert(crm_records, self.dialect)
+        stmt = stmt.on_conflict_do_update(index_elements=["target", "message_id"], set_={
+            k: stmt.excluded[k] for k in ("object_type", "object_id", "status", "data", "updated_at")})
+        with self.write() as conn:
+            conn.execute(stmt, rows)
+
     # -- contact cache -------------------------------------------------------------
     def get_contact(self, target: str, phone: str, now: float | None = None) -> dict | None:
         now = now or time.time()
@@ -384,11 +399,11 @@ class Store:
         # RETURNING, not rowcount: PostgreSQL's driver reports no rowcount for an upsert.
         stmt = stmt.on_conflict_do_update(index_elements=["target", "phone"], set_=values,
                                           where=free).returning(contacts.c.phone)
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             return conn.execute(stmt).first() is not None
 
     def drop_contact(self, target: str, phone: str) -> None:
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             conn.execute(contacts.delete().where(contacts.c.target == target, contacts.c.phone == phone))
 
     def mapped_object_ids(self, target: str, object_ids: Iterable[str]) -> set[str]:

@@ -16,8 +16,8 @@ import time
 
 from ..events import MessageEvent, status_advances
 from ..mapping import Mapping
-from .base import (DeliveryContext, Outcome, PermanentError, RateLimited, TransientError, WriteError,
-                   entry_kind, template_context)
+from .base import (DeliveryContext, Outcome, PermanentError, TransientError, WriteError, entry_kind,
+                   template_context)
 from .hubspot_api import Ambiguous, HubSpotApi, describe
 from .hubspot_contacts import Contact, ContactMatcher, Unmatched
 
@@ -130,7 +130,7 @@ class HubSpotWriter:
         if not ready:
             return
         self._check_association_types()
-        todo = []
+        todo, intents = [], []
         for i, rec, contact in ready:
             event, ctx = items[i]
             req = render(event, ctx, "create", self.mapping(), contact_id=contact.id,
@@ -146,11 +146,11 @@ class HubSpotWriter:
                     rec = self._save(store, event, existing, intent.get("status"), contact)
                     self._plan_update(i, event, rec, results, updates)
                     continue
-            store.save_record(NAME, event.message_id, object_type=OBJECT_TYPE, object_id=None,
-                              status=None, data={"intent": {
-                                  "at": time.time(), "status": event.status, "contact": contact.id,
-                                  "hs_timestamp": req["body"]["properties"].get("hs_timestamp", "")}})
+            intents.append(_row(event, None, None, {"intent": {
+                "at": time.time(), "status": event.status, "contact": contact.id,
+                "hs_timestamp": req["body"]["properties"].get("hs_timestamp", "")}}))
             todo.append((i, req, contact))
+        store.save_records(NAME, intents)  # before any create, in one transaction
         for n in range(0, len(todo), self.cfg.batch_size):
             chunk = todo[n:n + self.cfg.batch_size]
             if len(chunk) == 1:
@@ -192,20 +192,22 @@ class HubSpotWriter:
             return
         created = {r.object_write_trace_id: r for r in res.results or [] if r.object_write_trace_id}
         errors = _errors_by_key(getattr(res, "errors", None))
+        rows = []
         for i, req, contact in chunk:
-            event, ctx = items[i]
+            event = items[i][0]
             obj = created.get(event.message_id)
             if obj is not None:
-                self._save(ctx.store, event, str(obj.id), event.status, contact)
+                rows.append(_row(event, str(obj.id), event.status, {"contact": contact.id}))
                 results[i] = Outcome("delivered", rendered=req,
                                      result=self._result("create", obj.id, contact, batch=True))
             elif event.message_id in errors:  # HubSpot refused this one: it was not created
-                self._drop_intent(ctx.store, event)
+                rows.append(_row(event, None, None, {}))
                 results[i] = errors[event.message_id]
             else:
                 results[i] = TransientError(
                     "HubSpot's batch answer did not mention this record; it is looked up before retrying",
                     retry_after=self.search_lag)
+        items[0][1].store.save_records(NAME, rows)
 
     def _updates(self, items, updates, results) -> None:
         for n in range(0, len(updates), self.cfg.batch_size):
@@ -227,15 +229,16 @@ class HubSpotWriter:
                 for i, _, _ in reqs:
                     results[i] = exc
                 continue
+            rows = []
             for i, rec, req in reqs:
-                event, ctx = items[i]
+                event = items[i][0]
                 if rec["object_id"] in errors:
                     results[i] = errors[rec["object_id"]]
                     continue
-                ctx.store.save_record(NAME, event.message_id, object_type=OBJECT_TYPE,
-                                      object_id=rec["object_id"], status=event.status, data=rec.get("data"))
+                rows.append(_row(event, rec["object_id"], event.status, rec.get("data")))
                 results[i] = Outcome("delivered", rendered=req, result={
                     "operation": "update", "id": rec["object_id"], **({"batch": True} if len(reqs) > 1 else {})})
+            items[0][1].store.save_records(NAME, rows)
 
     # -- helpers ---------------------------------------------------------------------
     def _save(self, store, event, object_id: str, status, contact: Contact) -> dict:
@@ -279,8 +282,8 @@ class HubSpotWriter:
         """The communication an earlier, unanswered create made, if it exists."""
         age = time.time() - float(intent.get("at") or 0)
         if age < self.search_lag:  # too early for search to show it: come back later
-            raise RateLimited("an earlier create of this entry got no answer; checking HubSpot for it "
-                              "once its search has caught up", retry_after=self.search_lag - age)
+            raise TransientError("an earlier create of this entry got no answer; checking HubSpot for "
+                                 "it once its search has caught up", retry_after=self.search_lag - age)
         if self.cfg.message_id_property:
             filters = [{"propertyName": self.cfg.message_id_property, "operator": "EQ",
                         "value": event.message_id}]
@@ -292,6 +295,11 @@ class HubSpotWriter:
         res = self.api.call(self.api.comm_search.do_search, public_object_search_request=body, search=True)
         ids = sorted((str(r.id) for r in res.results or []), key=lambda x: (len(x), x))
         return ids[0] if ids else None
+
+
+def _row(event: MessageEvent, object_id: str | None, status: str | None, data: dict | None) -> dict:
+    return dict(message_id=event.message_id, object_type=OBJECT_TYPE, object_id=object_id,
+                status=status, data=data)
 
 
 def _errors_by_key(errors) -> dict[str, WriteError]:

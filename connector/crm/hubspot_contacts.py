@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from .. import phones
 from ..config import HubSpotConfig
-from .base import PermanentError, RateLimited, WriteError
+from .base import PermanentError, TransientError, WriteError
 from .hubspot_api import Ambiguous, HubSpotApi
 
 NAME = "hubspot"
@@ -192,8 +192,9 @@ class ContactMatcher:
                 return Contact.decode(hit["record_id"])
             if not hit or hit["record_type"] != CREATING:
                 break
-        return RateLimited(f"the HubSpot contact for {number} is being created by another worker",
-                           retry_after=2.0)
+        # Not a HubSpot limit (RateLimited would pause every delivery): an ordinary retry.
+        return TransientError(f"the HubSpot contact for {number} is being created by another worker",
+                              retry_after=2.0)
 
     def _create(self, store, number: str) -> Contact | WriteError:
         # The marker lives as long as HubSpot's search may lag a create whose answer was lost.
