@@ -71,7 +71,7 @@ def expect_send(httpserver, response=None, status: int = 200, headers=None, mode
     path = f"/v1/numbers/{LINE_ID}/messages/native/send" if mode == "native" else \
         f"/v1/numbers/{LINE_ID}/messages/send"
     body = json.dumps(response if response is not None else aircall_message())
-    httpserver.expect_ordered_request(path, method="POST").respond_with_response(
+    httpserver.expect_oneshot_request(path, method="POST").respond_with_response(
         Response(body, status=status, headers=headers or {}, content_type="application/json"))
 
 

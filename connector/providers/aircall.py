@@ -287,7 +287,7 @@ class SendClient:
         if status in (429, 503):
             retry_after = _retry_after(resp, self.clock())
             if status == 429:
-                self.blocked_until = max(self.blocked_until, self.clock() + (retry_after or 1.0))
+                self.blocked_until = max(self.blocked_until, self.clock() + (1.0 if retry_after is None else retry_after))
             raise SendError(RETRY, f"Aircall answered {status}", status=status,
                             retry_after=retry_after, body=text_body)
         if status >= 500:

@@ -1,0 +1,226 @@
+"""The sender against a fake Aircall: what is sent, and that nothing is ever sent twice."""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+
+from werkzeug import Response
+
+from connector.outbox import OUT_FAILED, OUT_QUEUED, OUT_SENDING, OUT_SENT, OUT_UNKNOWN, Outbox
+from connector.web import create_app
+from tests.conftest import aircall_payload
+from tests.outbound_support import (
+    API_TOKEN, LINE_ID, TO, aircall_message, expect_send, oclient, ort, outbox_rows, send_requests,
+)
+
+SEND_PATH = f"/v1/numbers/{LINE_ID}/messages/native/send"
+
+
+def queue(client, text="hello", key=None):
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    if key:
+        headers["Idempotency-Key"] = key
+    r = client.post("/api/v1/messages", json={"to": TO, "text": text}, headers=headers)
+    assert r.status_code == 202, r.json
+    return r.json["id"]
+
+
+def only_row(rt):
+    [row] = outbox_rows(rt)
+    return row
+
+
+def test_sends_once_with_basic_auth_and_the_documented_body(oclient, ort, httpserver):
+    queue(oclient)
+    expect_send(httpserver)
+    assert ort.outbound.run_once() == 1
+    [(req, _)] = httpserver.log
+    assert req.path == SEND_PATH
+    assert req.headers["Authorization"] == "Basic " + base64.b64encode(b"ac-id:ac-token").decode()
+    assert json.loads(req.get_data()) == {"to": TO, "body": "hello"}
+    row = only_row(ort)
+    assert (row.state, row.provider_message_id, row.attempts) == (OUT_SENT, "SMout1", 1)
+    assert ort.outbound.run_once() == 0 and len(httpserver.log) == 1
+
+
+def test_proxy_mode_and_oauth(ort, httpserver):
+    rt = ort.make(aircall={"send_mode": "proxy", "oauth_token": "oauth-xyz"})
+    queue(create_app(rt.config, rt).test_client())
+    expect_send(httpserver, mode="proxy")
+    rt.outbound.run_once()
+    [(req, _)] = httpserver.log
+    assert req.path == f"/v1/numbers/{LINE_ID}/messages/send"
+    assert req.headers["Authorization"] == "Bearer oauth-xyz"
+
+
+def test_429_is_retried_and_sent_exactly_once(oclient, ort, httpserver):
+    queue(oclient)
+    expect_send(httpserver, {"error": "Too many requests"}, status=429, headers={"Retry-After": "0"})
+    expect_send(httpserver)
+    ort.outbound.run_once()
+    assert len(send_requests(httpserver)) == 2  # the first was refused, the second accepted
+    assert only_row(ort).state == OUT_SENT
+    httpserver.check_assertions()
+
+
+def test_429_with_a_long_reset_parks_the_send_without_waiting(oclient, ort, httpserver):
+    queue(oclient)
+    reset = int(time.time()) + 60
+    expect_send(httpserver, {"error": "Too many requests"}, status=429,
+                headers={"X-AircallApi-Limit": "60", "X-AircallApi-Remaining": "0",
+                         "X-AircallApi-Reset": str(reset)})
+    started = time.monotonic()
+    ort.outbound.run_once()
+    assert time.monotonic() - started < 5
+    row = only_row(ort)
+    assert row.state == OUT_QUEUED and "429" in row.error
+    # Not due until the reset, and the client holds back further sends meanwhile.
+    assert ort.outbound.run_once() == 0 and len(send_requests(httpserver)) == 1
+    assert ort.outbound.client.blocked_until >= reset - 1
+
+
+def test_remaining_zero_holds_back_the_next_send(oclient, ort, httpserver):
+    queue(oclient, "one")
+    queue(oclient, "two")
+    expect_send(httpserver, headers={"X-AircallApi-Remaining": "0", "X-AircallApi-Reset": str(int(time.time()) + 60)})
+    ort.outbound.run_once()
+    assert [r["body"] for r in send_requests(httpserver)] == ["one"]
+    assert [m.state for m in outbox_rows(ort)] == [OUT_SENT, OUT_QUEUED]
+
+
+def test_503_is_retried(oclient, ort, httpserver):
+    queue(oclient)
+    expect_send(httpserver, {"error": "maintenance"}, status=503)
+    expect_send(httpserver)
+    ort.outbound.run_once()
+    assert len(send_requests(httpserver)) == 2 and only_row(ort).state == OUT_SENT
+
+
+def test_500_is_unknown_and_never_resent(oclient, ort, httpserver):
+    queue(oclient)
+    expect_send(httpserver, {"error": "oops"}, status=500)
+    ort.outbound.run_once()
+    row = only_row(ort)
+    assert row.state == OUT_UNKNOWN and "500" in row.error
+    ort.outbound.run_once()
+    ort.outbound.sweep()
+    assert len(send_requests(httpserver)) == 1
+
+
+def test_timeout_is_unknown_and_never_resent(oclient, ort, httpserver):
+    queue(oclient)
+    calls = []
+
+    def slow(request):
+        calls.append(json.loads(request.get_data()))
+        time.sleep(1.0)  # longer than aircall.send_read_timeout (0.5 s in these tests)
+        return Response(json.dumps(aircall_message()), content_type="application/json")
+
+    httpserver.expect_request(SEND_PATH, method="POST").respond_with_handler(slow)
+    ort.outbound.run_once()
+    row = only_row(ort)
+    assert row.state == OUT_UNKNOWN and "may have been sent" in row.error
+    ort.outbound.run_once()
+    ort.outbound.sweep()
+    assert calls == [{"to": TO, "body": "hello"}]
+    deadline = time.time() + 3  # let the slow handler finish inside this test
+    while not httpserver.log and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(send_requests(httpserver)) == 1
+
+
+def test_4xx_fails_without_retry(oclient, ort, httpserver):
+    queue(oclient)
+    expect_send(httpserver, {"error": "InvalidPayload"}, status=400)
+    ort.outbound.run_once()
+    row = only_row(ort)
+    assert row.state == OUT_FAILED and "InvalidPayload" in row.error
+    assert len(send_requests(httpserver)) == 1
+
+
+def test_connection_refused_is_retried_later(oclient, ort):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rt = ort.make(aircall={"api_base_url": f"http://127.0.0.1:{port}/v1", "send_max_attempts": 1})
+    queue(create_app(rt.config, rt).test_client())
+    rt.outbound.run_once()
+    row = only_row(rt)
+    assert row.state == OUT_QUEUED and row.error == "could not connect to Aircall"
+
+
+def test_retries_give_up_as_failed_after_max_attempts(oclient, ort, httpserver):
+    rt = ort.make(aircall={"send_max_attempts": 1}, worker={"max_attempts": 2, "backoff_initial": 0.01,
+                                                            "backoff_max": 0.01})
+    queue(create_app(rt.config, rt).test_client())
+    for _ in range(2):
+        expect_send(httpserver, {}, status=503)
+    rt.outbound.run_once()
+    time.sleep(0.05)
+    rt.outbound.run_once()
+    row = only_row(rt)
+    assert row.state == OUT_FAILED and row.error.startswith("gave up after 2 attempts")
+
+
+def test_worker_killed_mid_send_becomes_unknown_not_resent(oclient, ort, httpserver):
+    queue(oclient)
+    box = Outbox(ort.store)
+    [m] = box.claim("dead-worker", lease_seconds=0.01)
+    assert box.begin_send(m)  # ...and the process died here, maybe after the request went out
+    time.sleep(0.02)
+    assert box.sweep() == 1
+    row = only_row(ort)
+    assert row.state == OUT_UNKNOWN and "may or may not" in row.error
+    assert ort.outbound.run_once() == 0 and send_requests(httpserver) == []
+
+
+def test_unknown_send_is_reconciled_by_aircalls_webhook(oclient, ort, httpserver):
+    queue(oclient, "Here is the brochure")
+    expect_send(httpserver, {}, status=502)
+    ort.outbound.run_once()
+    assert only_row(ort).state == OUT_UNKNOWN
+    hook = aircall_payload("message_sent")
+    hook["data"].update(id="SMlate", raw_digits=TO.lstrip("+"), body="Here is the brochure",
+                        created_at=int(time.time() * 1000))
+    hook["data"]["number"]["digits"] = "+1 415-555-0100"
+    other = json.loads(json.dumps(hook))
+    other["data"].update(id="SMother", body="something else")
+    for h in (other, hook):
+        assert oclient.post("/webhooks/aircall", json=h).status_code == 200
+    ort.outbound.sweep()
+    row = only_row(ort)
+    assert (row.state, row.provider_message_id) == (OUT_SENT, "SMlate")
+    assert len(send_requests(httpserver)) == 1
+
+
+def test_operator_resolves_an_unknown_send(oclient, ort, httpserver):
+    queue(oclient)
+    expect_send(httpserver, {}, status=500)
+    ort.outbound.run_once()
+    box = Outbox(ort.store)
+    row = only_row(ort)
+    assert box.resolve(row.id, OUT_QUEUED)  # the operator checked Aircall: it did not go out
+    expect_send(httpserver)
+    ort.outbound.run_once()
+    assert only_row(ort).state == OUT_SENT and len(send_requests(httpserver)) == 2
+    assert not box.resolve(row.id, OUT_QUEUED)  # a sent message cannot be queued again
+
+
+def test_worker_threads_send_queued_messages(oclient, ort, httpserver):
+    for i in range(5):
+        queue(oclient, f"m{i}")
+    for i in range(5):
+        httpserver.expect_request(SEND_PATH, method="POST", json={"to": TO, "body": f"m{i}"}) \
+            .respond_with_json(aircall_message(f"SM{i}", text=f"m{i}"))
+    w = ort.worker()
+    w.start()
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline and any(m.state != OUT_SENT for m in outbox_rows(ort)):
+            time.sleep(0.05)
+    finally:
+        w.stop()
+    assert [m.state for m in outbox_rows(ort)] == [OUT_SENT] * 5
+    assert sorted(r["body"] for r in send_requests(httpserver)) == [f"m{i}" for i in range(5)]
