@@ -135,8 +135,10 @@ class HubSpotConfig(_Section):
     # The entry.
     owner_id: str = ""
     associate_company: bool = False
+    associate_deal: bool = False
     contact_association_type_id: int = Field(81, ge=1)
     company_association_type_id: int = Field(87, ge=1)
+    deal_association_type_id: int = Field(85, ge=1)
     message_id_property: str = ""
     # Calls.
     requests_per_10s: int = Field(100, ge=1)

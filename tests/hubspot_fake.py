@@ -81,6 +81,7 @@ class FakeHubSpot:
         self.requests: list[tuple[str, str, dict | None]] = []
         self.failures: list[tuple[str, str, Response, bool]] = []  # method, path regex, answer, then-run
         self.labels = {"contacts": [81, 82], "companies": [87], "deals": [85]}
+        self.deals: dict[str, list[str]] = {}  # contact id -> associated deal ids
         self.batch_rejects: dict[str, str] = {}  # objectWriteTraceId -> validation message
         self.refresh_count = 0
         self.slow: dict[str, float] = {}  # path regex -> seconds to wait before answering
@@ -139,6 +140,13 @@ class FakeHubSpot:
         if m == "GET" and (g := re.fullmatch(r"/crm/v4/associations/communications/(\w+)/labels", p)):
             return _json({"results": [{"category": "HUBSPOT_DEFINED", "typeId": t, "label": None}
                                       for t in self.labels.get(g.group(1), [])]})
+        if m == "POST" and p == "/crm/v4/associations/contacts/deals/batch/read":
+            return _json({"status": "COMPLETE", "startedAt": EPOCH.isoformat(), "completedAt": EPOCH.isoformat(),
+                          "results": [{"from": {"id": i["id"]}, "to": [
+                              {"toObjectId": int(d), "associationTypes": [
+                                  {"category": "HUBSPOT_DEFINED", "typeId": 4, "label": None}]}
+                              for d in self.deals.get(i["id"], [])]}
+                              for i in body["inputs"] if self.deals.get(i["id"])]})
         if m == "POST" and p == "/crm/v3/objects/contacts/search":
             return self._search(self.contacts, body)
         if m == "POST" and p == "/crm/v3/objects/contacts":

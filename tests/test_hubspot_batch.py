@@ -121,3 +121,29 @@ def test_ambiguous_batch_failure_is_searched_before_creating_again(live, hub):
     assert [r.state for r in second] == ["delivered", "delivered"]
     assert len(hub.calls("POST", "/crm/v3/objects/communications/search")) == 2
     assert len(hub.comms) == 2 and len(hub.calls("POST", BATCH)) == 1
+
+
+def test_two_events_of_one_message_in_one_burst_make_one_entry(live, hub):
+    hub.add_contact(phone="+13023063029")
+    rt = live()
+    both = items(rt, 1, 1, fixture="message_sent") + items(rt, 1, 1, fixture="status_delivered")
+    for e, _ in both:
+        e.external = "+13023063029"
+    results = rt.pipeline.writers["hubspot"].deliver_many(both)
+    assert [r.result["operation"] for r in results] == ["create", "update"]
+    assert len(hub.comms) == 1 and len(hub.calls("PATCH", r"/crm/v3/objects/communications/\d+")) == 1
+
+
+def test_worker_hands_a_burst_to_deliver_many(live, hub):
+    from tests.hubspot_helpers import post, state
+    for i in range(3):
+        hub.add_contact(phone=f"+1415555{i:04d}")
+    rt = live()
+    for i in range(6):
+        post(rt, "mms_received", id=f"w{i}", raw_digits=f"+1 415 555 {i % 3:04d}")
+    rt.worker().run_once()
+    assert [(m, p) for m, p, _ in hub.requests] == [
+        ("POST", "/crm/v3/objects/contacts/search"),
+        ("GET", "/crm/v4/associations/communications/contacts/labels"), ("POST", BATCH)]
+    assert [state(rt, f"w{i}")[0]["state"] for i in range(6)] == ["delivered"] * 6
+    assert len(hub.comms) == 6

@@ -202,3 +202,19 @@ def test_association_labels_and_contacts_are_looked_up_once(live, hub):
     assert len(hub.calls("GET", "/crm/v4/associations/communications/contacts/labels")) == 1
     assert len(hub.calls("POST", "/crm/v3/objects/contacts/search")) == 1
     assert len(hub.comms) == 3
+
+
+def test_deal_association_uses_the_contacts_latest_deal(live, hub):
+    cid = hub.add_contact(phone="+14155550142")
+    hub.deals[cid] = ["501", "733", "612"]
+    rt = live(associate_deal=True)
+    post(rt, "mms_received", id="d1")
+    post(rt, "mms_received", id="d2")
+    run(rt)
+    [read] = hub.calls("POST", "/crm/v4/associations/contacts/deals/batch/read")
+    assert read[2] == {"inputs": [{"id": cid}]}
+    creates = hub.calls("POST", "/crm/v3/objects/communications")
+    assert len(creates) == 2
+    assert creates[1][2]["associations"][1] == {"to": {"id": "733"}, "types": [
+        {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 85}]}
+    assert len(hub.calls("GET", "/crm/v4/associations/communications/deals/labels")) == 1

@@ -25,6 +25,7 @@ NAME = "hubspot"
 OBJECT_TYPE = "communications"
 CONTACT_PLACEHOLDER = "{contact_id}"
 COMPANY_PLACEHOLDER = "{company_id}"
+DEAL_PLACEHOLDER = "{deal_id}"
 COMMUNICATION_TO_CONTACT = 81  # HUBSPOT_DEFINED association type id
 COMMUNICATION_TO_COMPANY = 87
 FIXED = {"hs_communication_channel_type": "SMS", "hs_communication_logged_from": "CRM"}
@@ -38,7 +39,7 @@ def _association(object_id: str, type_id: int) -> dict:
 
 def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: Mapping,
            contact_id: str = CONTACT_PLACEHOLDER, object_id: str = "{communication_id}",
-           company_id: str | None = COMPANY_PLACEHOLDER) -> dict:
+           company_id: str | None = COMPANY_PLACEHOLDER, deal_id: str | None = DEAL_PLACEHOLDER) -> dict:
     """The request HubSpot receives for this event (create or update)."""
     cfg = ctx.config.hubspot
     props = mapping.render(entry_kind(event, operation), template_context(event, ctx))
@@ -56,6 +57,8 @@ def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: M
     associations = [_association(contact_id, cfg.contact_association_type_id)]
     if cfg.associate_company and company_id:
         associations.append(_association(company_id, cfg.company_association_type_id))
+    if cfg.associate_deal and deal_id:
+        associations.append(_association(deal_id, cfg.deal_association_type_id))
     return {"method": "POST", "path": "/crm/v3/objects/communications",
             "body": {"properties": props, "associations": associations}}
 
@@ -87,6 +90,21 @@ class HubSpotWriter:
     # -- one burst -------------------------------------------------------------------
     def deliver_many(self, items: list) -> list:
         """One Outcome or exception per (event, ctx), in order."""
+        # Events of one message go in separate rounds, so the second sees the first's entry.
+        rounds: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for i, (event, _) in enumerate(items):
+            n = seen[event.message_id] = seen.get(event.message_id, -1) + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(i)
+        results: list = [None] * len(items)
+        for idx in rounds:
+            for i, r in zip(idx, self._deliver_round([items[i] for i in idx])):
+                results[i] = r
+        return results
+
+    def _deliver_round(self, items: list) -> list:
         results: list = [None] * len(items)
         store = items[0][1].store if items else None
         creates, updates = [], []
@@ -134,7 +152,7 @@ class HubSpotWriter:
         for i, rec, contact in ready:
             event, ctx = items[i]
             req = render(event, ctx, "create", self.mapping(), contact_id=contact.id,
-                         company_id=contact.company_id)
+                         company_id=contact.company_id, deal_id=contact.deal_id)
             intent = (rec or {}).get("data", {}).get("intent")
             if intent:
                 try:
@@ -266,6 +284,8 @@ class HubSpotWriter:
         pairs = [("contacts", self.cfg.contact_association_type_id, "contact_association_type_id")]
         if self.cfg.associate_company:
             pairs.append(("companies", self.cfg.company_association_type_id, "company_association_type_id"))
+        if self.cfg.associate_deal:
+            pairs.append(("deals", self.cfg.deal_association_type_id, "deal_association_type_id"))
         for to_type, type_id, key in pairs:
             if to_type in self._checked_types:
                 continue

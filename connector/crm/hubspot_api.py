@@ -106,9 +106,10 @@ class HubSpotApi:
         self.comm_batch = crm.objects.communications.batch_api
         self.comm_search = crm.objects.communications.search_api
         self.labels = crm.associations.v4.schema.definitions_api
+        self.assoc_batch = crm.associations.v4.batch_api
         self.tokens = self.client.oauth.tokens_api
         self._apis = [self.contacts_search, self.contacts_basic, self.comm_basic, self.comm_batch,
-                      self.comm_search, self.labels]
+                      self.comm_search, self.labels, self.assoc_batch]
         self._token_lock = threading.Lock()
         self._token_expires = 0.0
         self._refresh_token = cfg.refresh_token

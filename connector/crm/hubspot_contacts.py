@@ -33,15 +33,16 @@ READ_PROPERTIES = ["createdate", "lastmodifieddate", "associatedcompanyid"]
 class Contact:
     id: str
     company_id: str | None = None
+    deal_id: str | None = None
     created: bool = False
 
-    def encode(self) -> str:
-        return self.id + (f"/{self.company_id}" if self.company_id else "")
+    def encode(self) -> str:  # the contacts table keeps one id column: "contact/company/deal"
+        return "/".join([self.id, self.company_id or "", self.deal_id or ""]).rstrip("/")
 
     @classmethod
     def decode(cls, value: str) -> "Contact":
-        cid, _, company = value.partition("/")
-        return cls(cid, company or None)
+        cid, company, deal = (value.split("/") + ["", ""])[:3]
+        return cls(cid, company or None, deal or None)
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,17 @@ class ContactMatcher:
             except WriteError as exc:
                 out.update({n: exc for n in chunk})
                 continue
+            chosen = {n: pick(self.cfg.multiple_matches, found[n]) for n in chunk if found.get(n)}
+            try:
+                deals = self._latest_deals([str(c.id) for c in chosen.values()])
+            except WriteError as exc:
+                out.update({n: exc for n in chunk})
+                continue
             for n in chunk:
-                if found.get(n):
-                    c = pick(self.cfg.multiple_matches, found[n])
+                if n in chosen:
+                    c = chosen[n]
                     company = (c.properties or {}).get("associatedcompanyid") or None
-                    out[n] = Contact(str(c.id), company)
+                    out[n] = Contact(str(c.id), company, deals.get(str(c.id)))
                     store.put_contact(NAME, n, CONTACT, out[n].encode(), self.cfg.contact_cache_ttl)
                 elif self.cfg.unknown_number.action == "skip":
                     store.put_contact(NAME, n, NONE, None, self.cfg.unmatched_cache_ttl)
@@ -182,6 +189,21 @@ class ContactMatcher:
             after = getattr(nxt, "after", None)
             if not after:
                 return found
+
+    def _latest_deals(self, contact_ids: list[str]) -> dict[str, str]:
+        """Each contact's most recently created deal (highest id), one batch read per 100."""
+        if not self.cfg.associate_deal or not contact_ids:
+            return {}
+        out: dict[str, str] = {}
+        for i in range(0, len(contact_ids), 100):
+            res = self.api.call(self.api.assoc_batch.get_page, "contacts", "deals",
+                                batch_input_public_fetch_associations_batch_request={
+                                    "inputs": [{"id": c} for c in contact_ids[i:i + 100]]})
+            for row in res.results or []:
+                ids = [str(t.to_object_id) for t in row.to or []]
+                if ids:
+                    out[str(row._from.id)] = max(ids, key=lambda x: (len(x), x))
+        return out
 
     def _await_creator(self, store, number: str) -> Contact | WriteError:
         deadline = time.monotonic() + self.wait_for_creator
