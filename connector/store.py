@@ -329,6 +329,21 @@ class Store:
                                                         updated_at=now))
         return res.rowcount
 
+    def release(self, d: Delivery) -> None:
+        """Give a claimed delivery back untouched (its lease only)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(deliveries).where(
+                deliveries.c.id == d.id, deliveries.c.lease_owner == d.lease_owner).values(
+                lease_until=None, lease_owner=None))
+
+    def park_target(self, target: str, until: float) -> int:
+        """Make no open delivery of ``target`` due before ``until`` (a CRM's rate-limit wait)."""
+        with self.engine.begin() as conn:
+            res = conn.execute(update(deliveries).where(
+                deliveries.c.target == target, deliveries.c.state.in_(OPEN_STATES),
+                deliveries.c.next_at < until).values(next_at=until))
+        return res.rowcount
+
     def pending_count(self) -> int:
         with self.read() as conn:
             return conn.execute(select(func.count()).select_from(deliveries)

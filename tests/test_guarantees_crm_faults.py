@@ -2,6 +2,7 @@
 each entry at its message's own time, and no call before a Retry-After is over."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -84,17 +85,19 @@ def test_repeated_429s_no_call_before_the_wait_is_over(make_runtime):
     assert sorted(entries) == sorted(ids) and all(len(v) == 1 for v in entries.values())
 
 
-def test_rate_limit_pauses_the_whole_target_in_this_process(make_runtime):
-    """One delivery's 429 parks the other due deliveries of that CRM too."""
-    rt = make_runtime(salesforce={"mode": "off"}, worker={"threads": 1})
+def test_rate_limit_parks_the_whole_target(make_runtime):
+    """One delivery's 429 parks the other open deliveries of that CRM (any process)."""
+    rt = make_runtime(worker={"threads": 1})
     client = create_app(rt.config, rt).test_client()
     with FakeCRM() as crm:
-        crm.fail_next(1, status=429, retry_after=0.5)
+        crm.fail_next(1, status=429, retry_after=30)
         _post_messages(client, 6)
-        rt.pipeline.writers = {"hubspot": HttpWriter("hubspot", crm.url, load_mapping(rt.config, "hubspot"))}
-        first, *rest = rt.store.claim("t", 60, limit=6)
+        rt.pipeline.writers["hubspot"] = HttpWriter("hubspot", crm.url, load_mapping(rt.config, "hubspot"))
+        (first,) = rt.store.claim("t", 60, limit=1, target="hubspot")
         assert rt.pipeline.process(first) == "retrying"
-        for d in rest:
-            assert rt.pipeline.process(d) == "retrying"
+        assert rt.store.claim("t", 60, target="hubspot") == []  # nothing of hubspot is due now
+        assert len(rt.store.claim("t", 60, target="hubspot", now=time.time() + 31)) == 6
         assert len(crm.requests) == 1  # only the call that got the 429
-        assert all(e["targets"]["hubspot"]["attempts"] == 0 for e in rt.store.list_events())
+    # Salesforce did not ask us to wait: its deliveries stay due.
+    assert len(rt.store.claim("t", 60, target="salesforce")) == 6
+    assert all(e["targets"]["hubspot"]["attempts"] == 0 for e in rt.store.list_events())

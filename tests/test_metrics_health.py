@@ -78,7 +78,6 @@ def test_crm_writes_retries_dead_letters(make_runtime):
     d1, d2 = rt.store.claim("t", 60, limit=2)
     pipeline.writers = {"hubspot": Flaky(RateLimited("429", retry_after=30))}
     pipeline.process(d1)
-    pipeline.paused_until.clear()  # the 429 paused hubspot in this process; end the wait
     pipeline.writers = {"hubspot": Flaky(TransientError("HubSpot 503"))}
     pipeline.process(d2)
     m = scrape(client)
@@ -89,7 +88,6 @@ def test_crm_writes_retries_dead_letters(make_runtime):
     assert value(m, "mms_connector_queue_depth", target="hubspot", state="retrying") == 2
 
     pipeline.writers = {"hubspot": Flaky(PermanentError("HubSpot 400"))}
-    pipeline.paused_until.clear()
     with rt.store.engine.begin() as conn:  # make both due now
         from connector.store import deliveries
         conn.execute(deliveries.update().values(next_at=0))

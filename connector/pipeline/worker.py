@@ -38,8 +38,9 @@ class Pipeline:
                  metrics=None):
         self.config = config
         self.metrics = metrics  # connector.metrics.Metrics, or None
-        # target -> time before which this process makes no call to that CRM (its 429 wait).
-        self.paused_until: dict[str, float] = {}
+        # target -> how many times it was parked for a rate limit; deliveries claimed before
+        # a park are given back instead of called (Worker.run_round).
+        self.parks: dict[str, int] = {}
         self.store = store
         self.writers = writers
         # media(event, delivery) -> (views, download_all_link); replaced when media is stored.
@@ -59,9 +60,6 @@ class Pipeline:
         writer = self.writers.get(d.target)
         if writer is None:
             return PermanentError(f"{d.target} is not configured")
-        paused = self.paused_until.get(d.target, 0.0) - time.time()
-        if paused > 0:  # the CRM asked us to wait: no call before that, for any message
-            return RateLimited(f"{d.target} paused for {paused:.0f}s", retry_after=paused)
         try:
             views, download_all = self.media(event, d)
         except Exception as exc:  # e.g. an attachment could not be stored yet: retry
@@ -118,9 +116,12 @@ class Pipeline:
             f"{d.target} writer returned {result!r} instead of an outcome")
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else cfg.backoff_initial
-            self.paused_until[d.target] = max(self.paused_until.get(d.target, 0.0), time.time() + wait)
             self.store.finish(d, RETRYING, error=f"rate limited: {exc}", next_at=time.time() + wait,
                               count_attempt=False)
+            # The wait is the CRM's, not this message's: park that CRM's other open work too,
+            # so no worker, in any process, calls it before the wait is over.
+            self.store.park_target(d.target, time.time() + wait)
+            self.parks[d.target] = self.parks.get(d.target, 0) + 1
             log.info("delivery %s message %s %s: rate limited, parked %.0fs", d.id, d.message_id, d.target, wait)
             return self._count(d, "rate_limited")
         if isinstance(exc, PermanentError):
@@ -197,7 +198,12 @@ class Worker:
                 self._give_way()
                 self.pipeline.process_batch(batch)
                 done += len(batch)
-        for d in self.store.claim(owner, self.config.worker.lease_seconds, limit=10, exclude=batching):
+        claimed = self.store.claim(owner, self.config.worker.lease_seconds, limit=10, exclude=batching)
+        parks = dict(self.pipeline.parks)
+        for d in claimed:
+            if self.pipeline.parks.get(d.target, 0) != parks.get(d.target, 0):
+                self.store.release(d)  # its CRM asked us to wait since the claim: parked now
+                continue
             self._give_way()
             self.pipeline.process(d)
             done += 1
