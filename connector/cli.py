@@ -358,5 +358,10 @@ def dead_letters_replay(config_path, delivery_id, replay_all, crm):
     click.echo(f"replayed {replayed} dead letter(s)" + (f" ({len(ids) - replayed} changed meanwhile)"
                                                        if replayed < len(ids) else ""))
 
+from .cli_outbound import outbox_group, send  # noqa: E402  (they use the helpers above)
+
+main.add_command(send)
+main.add_command(outbox_group)
+
 if __name__ == "__main__":
     main()

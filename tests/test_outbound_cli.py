@@ -1,0 +1,83 @@
+"""mms-connector send / outbox: the same validation results, printed; a real send via the fake."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+from types import SimpleNamespace
+
+from tests.conftest import ROOT, base_config
+from tests.mms_samples import sample
+from tests.outbound_support import LINE, TO, aircall_message, expect_send, outbound_sections, send_requests, serve_media
+
+
+def run(tmp_path, httpserver, *args, subprocess_run=False, **overrides):
+    """The CLI in-process (click's runner); ``subprocess_run`` as a user would start it."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(base_config(tmp_path, **outbound_sections(httpserver, **overrides))))
+    if subprocess_run:
+        return subprocess.run([sys.executable, "-m", "connector.cli", *args, "--config", str(cfg)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    from click.testing import CliRunner
+    from connector.cli import main
+    res = CliRunner().invoke(main, [*args, "--config", str(cfg)], catch_exceptions=False)
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.output, stderr="")
+
+
+def test_validate_only_local_files_from_bytes(tmp_path, httpserver):
+    (tmp_path / "ok.gif").write_bytes(sample("gif", 500))
+    (tmp_path / "photo.jpg").write_bytes(sample("webp"))
+    (tmp_path / "huge.png").write_bytes(sample("png", 5 * 1024 * 1024 + 1))
+    r = run(tmp_path, httpserver, "send", "--from", LINE, "--to", TO, "--validate-only",
+            "--attach", str(tmp_path / "ok.gif"), "--attach", str(tmp_path / "photo.jpg"),
+            "--attach", str(tmp_path / "huge.png"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "validation (partial): ok",
+        f"  attachment 1 {tmp_path / 'ok.gif'}: ok (gif, 500 bytes)",
+        f"  attachment 2 {tmp_path / 'photo.jpg'}: removed: Only pdf, jpg, jpeg, png, or gif files are allowed "
+        "for MMS (content is image/webp)",
+        f"  attachment 3 {tmp_path / 'huge.png'}: removed: Your file size exceeds the limit of 5 MB. "
+        f"Please reduce the file size and try again (too_large: {tmp_path / 'huge.png'} is more than 5242880 bytes)",
+    ]
+    strict = run(tmp_path, httpserver, "send", "--to", TO, "--validate-only", "--policy", "strict",
+                 "--attach", str(tmp_path / "photo.jpg"), "--json")
+    assert strict.returncode == 1
+    out = json.loads(strict.stdout)
+    assert out["state"] == "rejected"
+    assert out["validation"]["errors"] == ["Only pdf, jpg, jpeg, png, or gif files are allowed for MMS"]
+
+
+def test_local_file_cannot_be_sent(tmp_path, httpserver):
+    (tmp_path / "ok.gif").write_bytes(sample("gif"))
+    r = run(tmp_path, httpserver, "send", "--to", TO, "--attach", str(tmp_path / "ok.gif"))
+    assert r.returncode == 1 and "Aircall fetches media by URL" in r.stdout
+    assert send_requests(httpserver) == []
+
+
+def test_send_through_aircall_and_list_the_outbox(tmp_path, httpserver):
+    url = serve_media(httpserver, "a.png", "png", 300)
+    expect_send(httpserver, aircall_message("SMcli"))
+    r = run(tmp_path, httpserver, "send", "--to", "(415) 555-0142", "--text", "hi", "--attach", url,
+            subprocess_run=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "out_1: sent, Aircall message SMcli"
+    assert send_requests(httpserver) == [{"to": TO, "body": "hi", "mediaUrl": [url]}]
+    listing = run(tmp_path, httpserver, "outbox", "list", "--json")
+    [row] = json.loads(listing.stdout)
+    assert (row["id"], row["state"], row["provider_message_id"], row["source"]) == ("out_1", "sent", "SMcli", "cli")
+    # Sent messages cannot be "resolved" again.
+    again = run(tmp_path, httpserver, "outbox", "resolve", "out_1", "--resend")
+    assert again.returncode == 1
+
+
+def test_unknown_send_resolved_by_the_operator(tmp_path, httpserver):
+    expect_send(httpserver, {"error": "boom"}, status=500)
+    r = run(tmp_path, httpserver, "send", "--to", TO, "--text", "hi")
+    assert r.returncode == 1 and "out_1: unknown" in r.stdout
+    assert run(tmp_path, httpserver, "outbox", "list", "--state", "unknown").stdout.startswith("out_1")
+    ok = run(tmp_path, httpserver, "outbox", "resolve", "out_1", "--sent", "--aircall-id", "SMx")
+    assert ok.returncode == 0 and ok.stdout.strip() == "out_1: sent"
+    assert len(send_requests(httpserver)) == 1
