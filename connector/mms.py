@@ -111,23 +111,31 @@ def profile_for(cfg: OutboundConfig, line: str) -> CarrierProfile:
 
 def load(sources: list[str], profile: CarrierProfile, policy: FetchPolicy,
          allow_files: bool = False) -> list[Attachment]:
-    """Fetch (or read) the first ``max_files`` sources, capped at the largest file limit."""
+    """Fetch (or read) the first ``max_files`` sources, capped at the largest file limit.
+    URLs are fetched in parallel: a request waits for the slowest file, not for the sum."""
+    from concurrent.futures import ThreadPoolExecutor
+
     cap = max(profile.image_max_bytes, profile.pdf_max_bytes)
-    out = []
-    for i, src in enumerate(sources):
-        att = Attachment(source=src)
-        out.append(att)
-        if i >= profile.max_files:
-            continue  # removed for the count anyway: don't fetch it
-        if allow_files and "://" not in src:
+    out = [Attachment(source=src) for src in sources]
+    wanted = out[:profile.max_files]  # the rest is removed for the count anyway: not fetched
+    urls = []
+    for att in wanted:
+        if allow_files and "://" not in att.source:
             _read_file(att, cap)
-            continue
-        try:
-            att.content = fetch(src, policy, max_bytes=cap).content
-        except FetchError as exc:
-            att.too_large = exc.kind == "too_large"
-            att.load_error = f"{exc.kind}: {exc}"
+        else:
+            urls.append(att)
+    if urls:
+        with ThreadPoolExecutor(max_workers=min(len(urls), 10)) as pool:
+            list(pool.map(lambda a: _fetch_into(a, policy, cap), urls))
     return out
+
+
+def _fetch_into(att: Attachment, policy: FetchPolicy, cap: int) -> None:
+    try:
+        att.content = fetch(att.source, policy, max_bytes=cap).content
+    except FetchError as exc:
+        att.too_large = exc.kind == "too_large"
+        att.load_error = f"{exc.kind}: {exc}"
 
 
 def _read_file(att: Attachment, cap: int) -> None:
