@@ -12,7 +12,7 @@ import responses
 from conftest import aircall_payload
 from connector.store import DEAD, DELIVERED, RETRYING
 from sf_fake import API, SOAP_LOGIN, add_login, add_search, body_of, calls_to, contact
-from test_salesforce_writer import UPSERT, delivery_rows, rsps, sf  # noqa: F401  (fixtures)
+from test_salesforce_writer import UPSERT, delivery_rows, due_now, rsps, sf  # noqa: F401  (fixtures)
 
 TASK = UPSERT + "abdcSM77mms0001"
 OK = {"id": "00TTASK1", "success": True, "errors": [], "created": True}
@@ -107,9 +107,7 @@ def test_timeouts_and_connection_errors_retry(sf, rsps, exc):
     assert row["state"] == RETRYING
     assert type(exc).__name__ in row["last_error"]
     rsps.replace(responses.PATCH, TASK, status=201, json=OK)
-    rt.store.engine.dispose()
-    with rt.store.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE deliveries SET next_at = 0")
+    due_now(rt)
     run()
     assert delivery_rows(rt)[0]["state"] == DELIVERED
 

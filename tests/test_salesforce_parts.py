@@ -246,3 +246,77 @@ def ctx_for(rt, event, download_all: str = "") -> DeliveryContext:
     rt.pipeline.writers["salesforce"].client.retry_wait = wait_none()
     return DeliveryContext(store=rt.store, config=rt.config, media=default_media_views(event),
                            download_all_link=download_all)
+
+
+def test_create_that_timed_out_is_not_repeated_blindly(make_runtime, rsps):
+    import requests
+    rt = make_runtime(salesforce=live(external_id_field=""), hubspot={"mode": "off"})
+    writer = rt.pipeline.writers["salesforce"]
+    add_login(rsps)
+    add_search(rsps, [contact("003C", "(415) 555-0142")])
+    rsps.add(responses.POST, f"{API}/sobjects/Task/", body=requests.ReadTimeout("read timed out"))
+    event = aircall.parse(aircall_payload("mms_received"))
+    with pytest.raises(TransientError, match="ReadTimeout"):
+        writer.deliver(event, ctx_for(rt, event))
+    assert len(calls_to(rsps, "POST", "/sobjects/Task/")) == 1  # a POST may have landed: no in-call repeat
+    intent = rt.store.get_record("salesforce", event.message_id)
+    assert intent["object_id"] is None and "intent_at" in intent["data"]
+    # The retry asks Salesforce first; nothing there, so it creates.
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 0, "done": True, "records": []})
+    rsps.replace(responses.POST, f"{API}/sobjects/Task/", status=201, json={"id": "00TNEW", "success": True})
+    out = writer.deliver(event, ctx_for(rt, event))
+    assert out.result["id"] == "00TNEW"
+    assert len(calls_to(rsps, "GET", "/query/")) == 1
+    assert rt.store.get_record("salesforce", event.message_id) == {
+        "object_type": "Task", "object_id": "00TNEW", "status": "received",
+        "data": {"link_type": "Contact", "link_id": "003C"}}
+
+
+def test_person_account_and_account_matching(make_runtime, rsps):
+    rt = make_runtime(salesforce=live(match={"objects": ["PersonAccount", "Account"]}), hubspot={"mode": "off"})
+    writer = rt.pipeline.writers["salesforce"]
+    add_login(rsps)
+    add_search(rsps, [
+        {"attributes": {"type": "Account"}, "Id": "001BIZ", "Phone": "4155550142", "CreatedDate": "2020",
+         "IsPersonAccount": False, "PersonContactId": None},
+        {"attributes": {"type": "Account"}, "Id": "001PERSON", "Phone": None, "PersonMobilePhone": "+14155550142",
+         "CreatedDate": "2024", "IsPersonAccount": True, "PersonContactId": "003PERSON"},
+        {"attributes": {"type": "Account"}, "Id": "001BIZ2", "Phone": "8704575426", "CreatedDate": "2020",
+         "IsPersonAccount": False, "PersonContactId": None}])
+    rsps.add(responses.PATCH, f"{API}/composite/sobjects/Task/MMS_Message_Id__c", json=[
+        {"id": "00T1", "success": True, "errors": []}, {"id": "00T2", "success": True, "errors": []}])
+    items = []
+    for name in ("mms_received", "sms_received"):
+        ev = aircall.parse(aircall_payload(name))
+        items.append((ev, ctx_for(rt, ev)))
+    writer.deliver_many(items)
+    sosl = sosl_of(calls_to(rsps, "GET", "/search/")[0])
+    assert sosl.endswith("RETURNING Account(Id, Phone, CreatedDate, PersonMobilePhone, PersonHomePhone, "
+                         "PersonOtherPhone, PersonContactId, IsPersonAccount)")
+    records = body_of(calls_to(rsps, "PATCH", "/composite/")[0])["records"]
+    assert records[0]["WhoId"] == "003PERSON" and "WhatId" not in records[0]
+    assert records[1]["WhatId"] == "001BIZ2" and "WhoId" not in records[1]
+
+
+def test_deliver_many_without_external_id_and_repeated_message(make_runtime, rsps):
+    rt = make_runtime(salesforce=live(external_id_field=""), hubspot={"mode": "off"})
+    writer = rt.pipeline.writers["salesforce"]
+    add_login(rsps)
+    add_search(rsps, [contact("003C", "+1 302 306 3029"), contact("003D", "(415) 555-0142")])
+    rt.store.save_record("salesforce", "old", object_type="Task", object_id="00TOLD", status="sent")
+    rsps.add(responses.POST, f"{API}/composite/sobjects", json=[{"id": "00TNEW", "success": True, "errors": []}])
+    rsps.add(responses.PATCH, f"{API}/composite/sobjects", json=[{"id": "00TOLD", "success": True, "errors": []}])
+    rsps.add(responses.PATCH, f"{API}/sobjects/Task/00TNEW", status=204)
+    status_old = aircall_payload("status_delivered")
+    status_old["data"]["id"] = "old"
+    items = [aircall.parse(p) for p in (aircall_payload("message_sent"), status_old, aircall_payload("status_delivered"))]
+    out = writer.deliver_many([(e, ctx_for(rt, e)) for e in items])
+    assert [o.result["operation"] for o in out] == ["create", "update", "update"]
+    [create] = calls_to(rsps, "POST", "/composite/sobjects")
+    assert body_of(create)["records"][0]["WhoId"] == "003C"
+    [update] = calls_to(rsps, "PATCH", "/composite/sobjects")
+    assert body_of(update)["records"][0]["id"] == "00TOLD"
+    assert set(body_of(update)["records"][0]) == {"attributes", "id", "Description"}
+    # The same message's later status waited for its create, then updated that record.
+    assert len(calls_to(rsps, "PATCH", "/sobjects/Task/00TNEW")) == 1
+    assert rt.store.get_record("salesforce", items[0].message_id)["status"] == "delivered"

@@ -3,6 +3,7 @@ simple-salesforce client -> `responses`, asserting what Salesforce receives."""
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import responses
@@ -43,6 +44,12 @@ def sf(make_runtime):
             return rt.worker().run_once()
         return rt, post, run
     return make
+
+
+def due_now(rt):
+    """Make retrying deliveries due at once (instead of waiting out their backoff)."""
+    with rt.store.engine.begin() as conn:
+        conn.execute(deliveries.update().where(deliveries.c.state == RETRYING).values(next_at=0))
 
 
 def delivery_rows(rt):
@@ -176,6 +183,7 @@ def test_unknown_number_creates_record_once(sf, rsps, action, sobject, expected)
     rt, post, run = sf(unknown_number={"action": action}, batch_size=1)
     add_login(rsps)
     add_search(rsps, [])
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 0, "done": True, "records": []})
     rsps.add(responses.POST, f"{API}/sobjects/{sobject}/", status=201,
              json={"id": "NEW1", "success": True, "errors": []})
     rsps.add(responses.PATCH, UPSERT + "abdcSM11da5f0b1", status=201, json={"id": "00T1", "success": True})
@@ -187,6 +195,10 @@ def test_unknown_number_creates_record_once(sf, rsps, action, sobject, expected)
     run()
     [create] = calls_to(rsps, "POST", f"/sobjects/{sobject}/")
     assert body_of(create) == expected
+    [query] = calls_to(rsps, "GET", "/query/")  # the database, not the lagging index, is asked first
+    assert parse_qs(urlparse(query.request.url).query)["q"][0] == (
+        f"SELECT Id FROM {sobject} WHERE Phone = '+18704575426'"
+        + (" AND IsConverted = false" if sobject == "Lead" else "") + " ORDER BY CreatedDate, Id LIMIT 1")
     assert [body_of(c)["WhoId"] for c in calls_to(rsps, "PATCH", "/sobjects/Task/")] == ["NEW1", "NEW1"]
     assert len(calls_to(rsps, "GET", "/search/")) == 1  # the index lags: the created record is remembered
     assert rt.store.get_contact("salesforce", "+18704575426")["record_id"] == "NEW1"
@@ -203,3 +215,37 @@ def test_another_workers_create_in_progress_waits(sf, rsps):
     assert row["state"] == RETRYING
     assert row["last_error"] == "another worker is creating the record for +18704575426"
     assert not calls_to(rsps, "POST", "/sobjects/Lead/")
+
+
+def test_lead_created_by_a_lost_attempt_is_reused(sf, rsps):
+    rt, post, run = sf(unknown_number={"action": "create_lead"})
+    add_login(rsps)
+    add_search(rsps, [])  # the search index does not show the new Lead yet
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 1, "done": True, "records": [
+        {"attributes": {"type": "Lead"}, "Id": "00QEARLIER"}]})
+    rsps.add(responses.PATCH, UPSERT + "abdcSM11da5f0b1", status=201, json={"id": "00T1", "success": True})
+    post(aircall_payload("sms_received"))
+    run()
+    assert not calls_to(rsps, "POST", "/sobjects/Lead/")
+    assert body_of(calls_to(rsps, "PATCH", "/sobjects/Task/")[0])["WhoId"] == "00QEARLIER"
+
+
+def test_deleted_contact_is_forgotten_and_matched_again(sf, rsps):
+    rt, post, run = sf()
+    add_login(rsps)
+    rt.store.put_contact("salesforce", "+14155550142", "Contact", "003MERGED", 3600)
+    add_search(rsps, [contact("003SURVIVOR", "(415) 555-0142")])
+    url = UPSERT + "abdcSM77mms0001"
+    rsps.add(responses.PATCH, url, status=400, json=[{
+        "message": "entity is deleted", "errorCode": "ENTITY_IS_DELETED", "fields": []}])
+    rsps.add(responses.PATCH, url, status=201, json={"id": "00T1", "success": True})
+    post(aircall_payload("mms_received"))
+    run()
+    assert delivery_rows(rt)[0]["last_error"] == (
+        "Contact 003MERGED is no longer usable (Salesforce refused the request (HTTP 400): "
+        "ENTITY_IS_DELETED: entity is deleted); matching +14155550142 again")
+    due_now(rt)
+    run()
+    assert [body_of(c)["WhoId"] for c in calls_to(rsps, "PATCH", "/sobjects/Task/")] == ["003MERGED", "003SURVIVOR"]
+    assert delivery_rows(rt)[0]["state"] == DELIVERED
+    assert rt.store.get_contact("salesforce", "+14155550142")["record_id"] == "003SURVIVOR"

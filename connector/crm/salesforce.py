@@ -21,12 +21,14 @@ from ..events import MessageEvent, status_advances
 from ..mapping import Mapping, current
 from .base import (DeliveryContext, Outcome, PermanentError, RateLimited, TransientError,
                    WriteError, entry_kind, template_context)
-from .salesforce_client import TRANSIENT_CODES, SalesforceClient, describe_errors, error_codes
-from .salesforce_match import Link, Matcher, Skip
+from .salesforce_client import TRANSIENT_CODES, Refused, SalesforceClient, describe_errors, error_codes
+from .salesforce_match import Link, Matcher, Skip, forget
 
 NAME = "salesforce"
 WHO_PLACEHOLDER = "{who_id}"
 TRUNCATED = "… [truncated]"
+# WhoId points at a record that was deleted or merged since we remembered it.
+STALE_LINK_CODES = {"INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED"}
 INTENT_SLACK_SECONDS = 120  # clock skew allowance when looking for a record an intent made
 
 
@@ -119,8 +121,12 @@ class SalesforceWriter:
             if found:
                 return self._done(event, ctx, req, "create", found, link, rec, recovered=True)
             self._write_intent(event, ctx)
-        result = self.client.call(_rest_path(req["path"], self.cfg.api_version),
-                                  method=req["method"], json=req["body"])
+        try:
+            result = self.client.call(_rest_path(req["path"], self.cfg.api_version),
+                                      method=req["method"], json=req["body"])
+        except Refused as exc:
+            self._stale_link(event, ctx, link, exc.codes, str(exc))
+            raise
         object_id = (result or {}).get("id") or (rec or {}).get("object_id")
         return self._done(event, ctx, req, operation, object_id, link, rec,
                           created=(result or {}).get("created", operation == "create"))
@@ -158,6 +164,13 @@ class SalesforceWriter:
             result["linked_to"] = {"type": link.record_type, "id": link.record_id,
                                    "created": link.created}
         return Outcome("delivered", rendered=req, result=result)
+
+    def _stale_link(self, event, ctx, link: Link | None, codes: set[str], detail: str) -> None:
+        """A remembered Contact/Lead that was deleted or merged: forget it and look again."""
+        if link is not None and codes & STALE_LINK_CODES:
+            forget(ctx.store, event.external)
+            raise TransientError(f"{link.record_type} {link.record_id} is no longer usable "
+                                 f"({detail}); matching {event.external} again")
 
     # Fallback idempotency without an external id field ----------------------------
     def _write_intent(self, event, ctx) -> None:
@@ -285,6 +298,11 @@ class SalesforceWriter:
             else:
                 errors = answer.get("errors") or []
                 detail = describe_errors(errors)
+                try:
+                    self._stale_link(event, ctx, link, error_codes(errors), detail)
+                except TransientError as exc:
+                    results[i] = exc
+                    continue
                 if error_codes(errors) & TRANSIENT_CODES:
                     results[i] = TransientError(f"Salesforce: {detail}")
                 else:

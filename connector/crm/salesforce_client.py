@@ -66,6 +66,18 @@ def error_codes(content: Any) -> set[str]:
 class _Retryable(Exception):
     """Internal: a failure worth a quick in-call retry."""
 
+    def __init__(self, message: str, sent: bool = True):
+        super().__init__(message)
+        self.sent = sent  # the request may have reached Salesforce
+
+
+class Refused(PermanentError):
+    """Salesforce refused the request; ``codes`` are its error codes."""
+
+    def __init__(self, message: str, codes: set[str]):
+        super().__init__(message)
+        self.codes = codes
+
 
 class _TimeoutSession(requests.Session):
     """requests has no session-wide timeout; simple-salesforce's logins pass none."""
@@ -154,11 +166,16 @@ class SalesforceClient:
             raise RateLimited(f"Salesforce REQUEST_LIMIT_EXCEEDED; paused for {wait:.0f}s more",
                               retry_after=wait)
 
-    def call(self, path: str, method: str = "GET", **kwargs) -> Any:
-        """One REST call (``path`` relative to /services/data/vXX.X/); parsed JSON or None."""
+    def call(self, path: str, method: str = "GET", idempotent: bool | None = None, **kwargs) -> Any:
+        """One REST call (``path`` relative to /services/data/vXX.X/); parsed JSON or None.
+
+        A non-idempotent call (POST: a create) is repeated in-call only when it surely never
+        reached Salesforce; otherwise the caller's own duplicate check runs first."""
         self.check_limited()
+        if idempotent is None:
+            idempotent = method != "POST"
         retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
+            retry=retry_if_exception(lambda e: isinstance(e, _Retryable) and (idempotent or not e.sent)),
             stop=stop_after_attempt(self.cfg.call_retries),
             wait=self.retry_wait,
             reraise=True)
@@ -188,7 +205,8 @@ class SalesforceClient:
                 self._note_usage(sf)
                 self._raise_for(exc)
             except (requests.Timeout, requests.ConnectionError) as exc:
-                raise _Retryable(f"{type(exc).__name__}: {exc}")
+                raise _Retryable(f"{type(exc).__name__}: {exc}",
+                                 sent=not isinstance(exc, requests.ConnectTimeout))
             self._note_usage(sf)
             self.limit_hits = 0
             return result
@@ -211,4 +229,4 @@ class SalesforceClient:
             raise RateLimited(f"Salesforce {detail}", retry_after=wait)
         if (isinstance(exc, SalesforceGeneralError) and exc.status >= 500) or codes & TRANSIENT_CODES:
             raise _Retryable(f"HTTP {exc.status}: {detail}")
-        raise PermanentError(f"Salesforce refused the request (HTTP {exc.status}): {detail}")
+        raise Refused(f"Salesforce refused the request (HTTP {exc.status}): {detail}", codes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import phonenumbers
+from simple_salesforce.format import format_soql
 
 from .. import phones
 from ..config import SalesforceConfig
@@ -128,6 +129,11 @@ def pick(records: list[dict], e164: str, cfg: SalesforceConfig,
     return None
 
 
+def forget(store, e164: str) -> None:
+    """Drop a remembered record (deleted or merged in Salesforce): the next write searches again."""
+    store.put_contact(TARGET, e164, NONE, None, -1)
+
+
 class Matcher:
     def __init__(self, cfg: SalesforceConfig, client: SalesforceClient):
         self.cfg = cfg
@@ -206,10 +212,25 @@ class Matcher:
                 tmpl = tmpl.replace("{" + key + "}", val)
             body[name] = tmpl
         try:
-            result = self.client.call(f"sobjects/{sobject}/", method="POST", json=body)
+            # An earlier attempt may have created it with its answer lost, and search lags
+            # creates: look for the exact number (SOQL reads the database, not the index).
+            found = self._already_created(sobject, body)
+            if found:
+                link = Link(sobject, found, created=True)
+            else:
+                result = self.client.call(f"sobjects/{sobject}/", method="POST", json=body)
+                link = Link(sobject, result["id"], created=True)
         except BaseException:
             store.put_contact(TARGET, n, CREATING, None, -1)  # release the marker at once
             raise
-        link = Link(sobject, result["id"], created=True)
         store.put_contact(TARGET, n, sobject, link.record_id, self.cfg.contact_cache_ttl)
         return link
+
+    def _already_created(self, sobject: str, body: dict) -> str | None:
+        if not body.get("Phone"):
+            return None
+        soql = format_soql("SELECT Id FROM {:literal} WHERE Phone = {}"
+                           + (" AND IsConverted = false" if sobject == "Lead" else "")
+                           + " ORDER BY CreatedDate, Id LIMIT 1", sobject, body["Phone"])
+        records = (self.client.call("query/", params={"q": soql}) or {}).get("records") or []
+        return records[0]["Id"] if records else None
