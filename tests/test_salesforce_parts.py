@@ -320,3 +320,12 @@ def test_deliver_many_without_external_id_and_repeated_message(make_runtime, rsp
     # The same message's later status waited for its create, then updated that record.
     assert len(calls_to(rsps, "PATCH", "/sobjects/Task/00TNEW")) == 1
     assert rt.store.get_record("salesforce", items[0].message_id)["status"] == "delivered"
+
+
+def test_default_mapping_marks_a_cut_description(make_runtime):
+    rt = make_runtime(salesforce=live(), hubspot={"mode": "off"})
+    payload = aircall_payload("sms_received")
+    payload["data"]["body"] = "x" * 40000
+    event = aircall.parse(payload)
+    desc = render(event, ctx_for(rt, event), "create", load_mapping(rt.config, "salesforce"))["body"]["Description"]
+    assert len(desc) == 32000 and desc.endswith("x… [truncated]")

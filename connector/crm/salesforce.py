@@ -97,10 +97,13 @@ class SalesforceWriter:
     def __init__(self, config, mapping: Mapping, client: SalesforceClient | None = None):
         self.config = config
         self.cfg = config.salesforce
-        self.mapping = mapping
-        self.sobject = mapping.object or "Task"
+        self.mapping = mapping  # a Mapping, or a LiveMapping that follows edits to its file
         self.client = client or SalesforceClient(self.cfg, resolve=config.resolve)
         self.matcher = Matcher(self.cfg, self.client)
+
+    @property
+    def sobject(self) -> str:
+        return current(self.mapping).object or "Task"
 
     # One message ------------------------------------------------------------------
     def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome:
