@@ -240,7 +240,7 @@ def test_deleted_contact_is_forgotten_and_matched_again(sf, rsps):
         "message": "entity is deleted", "errorCode": "ENTITY_IS_DELETED", "fields": []}])
     rsps.add(responses.PATCH, url, status=201, json={"id": "00T1", "success": True})
     post(aircall_payload("mms_received"))
-    run()
+    rt.pipeline.process(rt.store.claim("w", 60)[0])
     assert delivery_rows(rt)[0]["last_error"] == (
         "Contact 003MERGED is no longer usable (Salesforce refused the request (HTTP 400): "
         "ENTITY_IS_DELETED: entity is deleted); matching +14155550142 again")
