@@ -149,6 +149,13 @@ class Outbox:
         """sending -> queued: the provider surely did not take it; try again at ``next_at``."""
         self.update(m, state=OUT_QUEUED, next_at=next_at, error=error, lease_until=None, lease_owner=None)
 
+    def hold_queued(self, until: float) -> int:
+        """Aircall said "wait until ``until``" (429): no process sends before then."""
+        with self.store.write() as conn:
+            return conn.execute(update(outbox).where(
+                outbox.c.state == OUT_QUEUED, outbox.c.next_at < until).values(
+                    next_at=until, updated_at=time.time())).rowcount
+
     def finish(self, m: OutboundMessage, state: str, **values) -> None:
         self.update(m, state=state, lease_until=None, lease_owner=None, **values)
 

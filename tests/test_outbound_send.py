@@ -81,6 +81,18 @@ def test_429_with_a_long_reset_parks_the_send_without_waiting(oclient, ort, http
     assert ort.outbound.client.blocked_until >= reset - 1
 
 
+def test_429_holds_every_queued_send_for_all_processes(oclient, ort, httpserver):
+    queue(oclient, "one")
+    queue(oclient, "two")
+    expect_send(httpserver, {}, status=429, headers={"Retry-After": "30"})
+    ort.outbound.run_once()
+    # A second process (its own client, no memory of the 429) finds nothing due.
+    other = ort.make()
+    assert other.outbound.run_once() == 0
+    assert [m.state for m in outbox_rows(ort)] == [OUT_QUEUED, OUT_QUEUED]
+    assert len(send_requests(httpserver)) == 1
+
+
 def test_remaining_zero_holds_back_the_next_send(oclient, ort, httpserver):
     queue(oclient, "one")
     queue(oclient, "two")

@@ -124,6 +124,9 @@ class OutboundSender:
             w = self.config.worker
             wait = max(exc.retry_after or 0, backoff_seconds(attempts, w.backoff_initial, w.backoff_max))
             self.outbox.park(m, time.time() + wait, str(exc))
+            if exc.status == 429 and exc.retry_after:
+                # The limit is per company: hold every queued send, in every process.
+                self.outbox.hold_queued(time.time() + exc.retry_after)
             log.info("outbound %s: not accepted (%s), retry in %.1fs", m.public_id, exc, wait)
             return "queued"
         state = OUT_FAILED if exc.kind == aircall.REJECTED else OUT_UNKNOWN
