@@ -17,6 +17,11 @@ def test_inbound_sms_creates_one_communication_on_the_matched_contact(live, hub)
     run(rt)
     search = hub.calls("POST", "/crm/v3/objects/contacts/search")
     assert len(search) == 1
+    assert {k: v for k, v in search[0][2].items() if k != "filterGroups"} == {
+        "properties": ["phone", "mobilephone", "hs_searchable_calculated_phone_number",
+                       "hs_searchable_calculated_mobile_number", "createdate", "lastmodifieddate",
+                       "associatedcompanyid"],
+        "sorts": [], "limit": 100, "after": "0"}
     assert search[0][2]["filterGroups"] == [
         {"filters": [{"propertyName": "phone", "operator": "EQ", "value": "+18704575426"}]},
         {"filters": [{"propertyName": "mobilephone", "operator": "EQ", "value": "+18704575426"}]},
@@ -158,7 +163,7 @@ def test_unknown_number_create_makes_a_named_contact(live, hub):
     run(rt)
     [contact] = hub.calls("POST", "/crm/v3/objects/contacts")
     assert contact[2] == {"properties": {"phone": "+18704575426", "firstname": "Texter",
-                                         "lastname": "(870) 457-5426"}}
+                                         "lastname": "(870) 457-5426"}, "associations": []}
     new_id = next(iter(hub.contacts))
     [create] = hub.calls("POST", "/crm/v3/objects/communications")
     assert create[2]["associations"][0]["to"]["id"] == new_id

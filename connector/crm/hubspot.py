@@ -311,7 +311,8 @@ class HubSpotWriter:
             filters = [{"propertyName": "associations.contact", "operator": "EQ", "value": intent["contact"]},
                        {"propertyName": "hs_timestamp", "operator": "EQ", "value": intent["hs_timestamp"]},
                        {"propertyName": "hs_communication_channel_type", "operator": "EQ", "value": "SMS"}]
-        body = {"filterGroups": [{"filters": filters}], "properties": ["hs_timestamp"], "limit": 10}
+        body = {"filterGroups": [{"filters": filters}], "properties": ["hs_timestamp"], "sorts": [],
+                "limit": 10, "after": "0"}
         res = self.api.call(self.api.comm_search.do_search, public_object_search_request=body, search=True)
         ids = sorted((str(r.id) for r in res.results or []), key=lambda x: (len(x), x))
         return ids[0] if ids else None

@@ -68,12 +68,10 @@ def search_body(cfg: HubSpotConfig, numbers: list[str], after: str | None = None
             groups.append({"filters": [{"propertyName": prop, "operator": "EQ", "value": values[0]}]})
         else:
             groups.append({"filters": [{"propertyName": prop, "operator": "IN", "values": values}]})
-    body = {"filterGroups": groups,
+    # "sorts" and "after" are required by HubSpot's published schema for this request.
+    return {"filterGroups": groups,
             "properties": list(dict.fromkeys(cfg.match_properties + READ_PROPERTIES)),
-            "limit": 100}
-    if after:
-        body["after"] = after
-    return body
+            "sorts": [], "limit": 100, "after": after or "0"}
 
 
 def _owners(cfg: HubSpotConfig, props: dict, wanted: dict, regions: set) -> set[str]:
@@ -235,7 +233,7 @@ class ContactMatcher:
             return PermanentError(f"hubspot.unknown_number: bad name template ({exc})")
         try:
             res = self.api.call(self.api.contacts_basic.create, idempotent=False,
-                                simple_public_object_input_for_create={"properties": props})
+                                simple_public_object_input_for_create={"properties": props, "associations": []})
         except Ambiguous as exc:
             return exc  # it may exist: the marker expires after search has caught up
         except WriteError as exc:
