@@ -236,3 +236,12 @@ def test_worker_threads_send_queued_messages(oclient, ort, httpserver):
         w.stop()
     assert [m.state for m in outbox_rows(ort)] == [OUT_SENT] * 5
     assert sorted(r["body"] for r in send_requests(httpserver)) == [f"m{i}" for i in range(5)]
+
+
+def test_an_answer_that_cannot_be_logged_still_counts_as_sent(oclient, ort, httpserver):
+    queue(oclient)
+    expect_send(httpserver, {"id": "x" * 201, "status": "pending"})  # too long to be a message id
+    ort.outbound.run_once()
+    row = only_row(ort)
+    assert row.state == OUT_SENT and ort.store.list_events() == []
+    assert ort.outbound.run_once() == 0 and len(send_requests(httpserver)) == 1

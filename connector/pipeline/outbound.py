@@ -111,7 +111,12 @@ class OutboundSender:
             log.exception("outbound %s: unexpected error while sending", m.public_id)
             self.outbox.finish(m, OUT_UNKNOWN, error=f"{type(exc).__name__}: {exc}")
             return OUT_UNKNOWN
-        self.outbox.mark_sent(m, str(response["id"]), response, log_event(m, response, media, self.config))
+        try:
+            entry = log_event(m, response, media, self.config)
+        except Exception:  # sent is sent: record it even if Aircall's answer cannot be logged
+            log.exception("outbound %s: Aircall's answer cannot be logged to the CRMs", m.public_id)
+            entry = None
+        self.outbox.mark_sent(m, str(response["id"]), response, entry)
         log.info("outbound %s: sent as Aircall message %s", m.public_id, response["id"])
         return "sent"
 
