@@ -1,13 +1,20 @@
 """Token buckets that keep CRM calls under each portal's / org's rate limit.
 
 ``acquire`` blocks until the call may go. The in-process bucket serves the embedded
-default; a bucket shared across processes and machines (Redis) can stand in behind
-the same interface for the scaled-out mode.
+default; in the scaled-out mode (``queue.url`` set) ``RedisTokenBucket`` keeps one
+bucket per HubSpot portal / Salesforce org in Redis, taken from atomically by a Lua
+script on Redis's clock, so N workers on any number of machines together stay under
+the limit. Writers get theirs from ``bucket(config, crm)``, sized from config.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
+import math
 import threading
 import time
+
+log = logging.getLogger("connector.ratelimit")
 
 
 class TokenBucket:
@@ -43,3 +50,100 @@ class TokenBucket:
 class Unlimited:
     def acquire(self, cost: float = 1) -> float:
         return 0.0
+
+
+# Reserve ``cost`` tokens (the balance may go negative) and answer how long the caller
+# waits before using them: the same arithmetic as TokenBucket._reserve, atomic in Redis.
+# Redis's TIME is the one clock every machine shares. Floats travel as strings (Redis
+# truncates Lua numbers to integers).
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local fill, cap, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens, updated = tonumber(state[1]), tonumber(state[2])
+if tokens == nil or updated == nil then tokens, updated = cap, now end
+tokens = math.min(cap, tokens + math.max(0, now - updated) * fill) - cost
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(((cap - tokens) / fill + 60) * 1000))
+if tokens >= 0 then return '0' end
+return tostring(-tokens / fill)
+"""
+
+
+class RedisTokenBucket:
+    """``rate`` tokens per ``per`` seconds, bursts up to ``capacity``, shared by every
+    process using the same Redis ``key``. If Redis fails, the process falls back to a
+    local bucket of the same size (logged) rather than stopping CRM work."""
+
+    def __init__(self, client, key: str, rate: float, per: float = 1.0, capacity: float | None = None,
+                 sleep=time.sleep):
+        self.key = key
+        self.fill_per_second = rate / per
+        self.capacity = capacity if capacity is not None else rate
+        self.sleep = sleep
+        self._script = client.register_script(_RESERVE)
+        self._fallback = TokenBucket(rate, per, self.capacity, sleep=sleep)
+
+    def _reserve(self, cost: float) -> float:
+        try:
+            return float(self._script(keys=[self.key], args=[repr(self.fill_per_second),
+                                                             repr(self.capacity), repr(cost)]))
+        except Exception as exc:  # Redis down: keep going at this process's own pace
+            log.warning("shared rate limit %s unavailable (%s: %s); using a local bucket",
+                        self.key, type(exc).__name__, exc)
+            return self._fallback._reserve(cost)
+
+    def acquire(self, cost: float = 1) -> float:
+        """Block until ``cost`` calls may be made; returns the seconds waited."""
+        wait = self._reserve(cost)
+        if wait > 0:
+            self.sleep(wait)
+        return wait
+
+
+def _sizes(config, crm: str, kind: str) -> tuple[float, float, float] | None:
+    """(rate, per seconds, burst capacity) for a CRM's bucket; None when unlimited."""
+    if crm == "hubspot":
+        cfg = config.hubspot
+        if kind == "search":
+            return cfg.searches_per_second, 1.0, 1.0
+        # HubSpot counts a rolling 10 s window: refilling (limit - burst) per 10 s with a
+        # burst of a tenth never lets more than the limit through in any window.
+        burst = max(1, cfg.requests_per_10s // 10)
+        return max(1, cfg.requests_per_10s - burst), 10.0, burst
+    if crm == "salesforce":
+        rate = config.salesforce.requests_per_second
+        return (rate, 1.0, max(1.0, rate)) if rate else None
+    raise ValueError(f"no rate limit is known for {crm!r}")
+
+
+def _account(config, crm: str) -> str:
+    """Who the limit belongs to (HubSpot private app / portal, Salesforce org), hashed:
+    every process configured for the same account shares one bucket, and no secret
+    appears in a Redis key."""
+    section = getattr(config, crm)
+    if crm == "hubspot":
+        parts = [section.base_url, section.access_token or section.client_id]
+    else:
+        parts = [section.instance_url or section.domain, section.username or section.consumer_key]
+    return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def bucket(config, crm: str, kind: str = "requests", sleep=time.sleep):
+    """The rate limiter a CRM writer takes tokens from before each call.
+
+    ``crm`` is ``hubspot`` or ``salesforce``; ``kind`` is ``requests`` (every call) or,
+    for HubSpot, ``search`` (CRM search endpoints, limited separately). Sized from the
+    CRM's config section; shared through Redis when ``queue.url`` is set, else local to
+    this process.
+    """
+    sizes = _sizes(config, crm, kind)
+    if sizes is None:
+        return Unlimited()
+    rate, per, capacity = sizes
+    if not config.queue.url:
+        return TokenBucket(rate, per, capacity, sleep=sleep)
+    from . import redisconn
+    key = redisconn.key(config, "ratelimit", crm, _account(config, crm), kind)
+    return RedisTokenBucket(redisconn.client(config), key, rate, per, capacity, sleep=sleep)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from .. import ratelimit
 from ..events import MessageEvent, status_advances
 from ..mapping import Mapping
 from .base import (DeliveryContext, Outcome, PermanentError, TransientError, WriteError, entry_kind,
@@ -76,7 +77,9 @@ class HubSpotWriter:
         self.config = config
         self.cfg = config.hubspot
         self.mapping = mapping  # callable returning the current Mapping
-        self.api = api or HubSpotApi(self.cfg, config.time_zone)
+        # Rate limits per portal, shared through Redis by every worker in the scaled-out mode.
+        self.api = api or HubSpotApi(self.cfg, config.time_zone, bucket=ratelimit.bucket(config, NAME),
+                                     search_bucket=ratelimit.bucket(config, NAME, "search"))
         self.contacts = ContactMatcher(self.api, self.cfg)
         self._checked_types: set[str] = set()
         self.search_lag = SEARCH_LAG

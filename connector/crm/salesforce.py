@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from simple_salesforce.format import format_external_id, format_soql
 
+from .. import ratelimit
 from ..events import MessageEvent, status_advances
 from ..mapping import Mapping, current
 from .base import (DeliveryContext, Outcome, PermanentError, RateLimited, TransientError,
@@ -98,7 +99,9 @@ class SalesforceWriter:
         self.config = config
         self.cfg = config.salesforce
         self.mapping = mapping  # a Mapping, or a LiveMapping that follows edits to its file
-        self.client = client or SalesforceClient(self.cfg, resolve=config.resolve)
+        # Pacing per org, shared through Redis by every worker in the scaled-out mode.
+        self.client = client or SalesforceClient(self.cfg, resolve=config.resolve,
+                                                 bucket=ratelimit.bucket(config, NAME))
         self.matcher = Matcher(self.cfg, self.client)
 
     @property

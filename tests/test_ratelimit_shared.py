@@ -1,0 +1,76 @@
+"""The rate limiter shared through Redis: one bucket per portal/org for every process."""
+from __future__ import annotations
+
+import redis
+
+from connector.config import load_config
+from connector.ratelimit import RedisTokenBucket, TokenBucket, Unlimited, bucket
+
+from conftest import base_config
+from procs import free_port
+
+
+class Sleeps:
+    def __init__(self):
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:  # record, don't sleep: the bucket's answer is the point
+        self.waits.append(seconds)
+
+
+def test_two_clients_share_one_bucket(redis_url):
+    url, prefix = redis_url
+    key = f"{prefix}:ratelimit:test"
+    # 1 token per 10 s, burst 2: from the third call on, each waits 10 s more than the last.
+    a_sleep, b_sleep = Sleeps(), Sleeps()
+    a = RedisTokenBucket(redis.Redis.from_url(url), key, rate=1, per=10, capacity=2, sleep=a_sleep)
+    b = RedisTokenBucket(redis.Redis.from_url(url), key, rate=1, per=10, capacity=2, sleep=b_sleep)
+    waits = [(a if i % 2 == 0 else b).acquire() for i in range(6)]
+    expected = [0, 0, 10, 20, 30, 40]
+    # Real time passing refills a little (0.1 token per second), so allow a couple of seconds.
+    assert all(e - 2 <= w <= e for w, e in zip(waits, expected)), waits
+    assert a_sleep.waits == [w for w in waits[0::2] if w > 0]
+    assert b_sleep.waits == [w for w in waits[1::2] if w > 0]
+    # Another portal's bucket is untouched.
+    other = RedisTokenBucket(redis.Redis.from_url(url), key + "-other", rate=1, per=10, capacity=2, sleep=Sleeps())
+    assert other.acquire() == 0
+
+
+def test_factory_shares_a_bucket_per_portal_through_redis(tmp_path, redis_url):
+    url, prefix = redis_url
+
+    def cfg(token: str):
+        return load_config(data=base_config(tmp_path, queue={"url": url, "prefix": prefix}, hubspot={
+            "mode": "dry-run", "access_token": token, "requests_per_10s": 20}))
+
+    # requests_per_10s 20: burst 2, then 18 per 10 s (one every 0.56 s).
+    one, two = bucket(cfg("pat-A"), "hubspot", sleep=Sleeps()), bucket(cfg("pat-A"), "hubspot", sleep=Sleeps())
+    other_app = bucket(cfg("pat-B"), "hubspot", sleep=Sleeps())
+    assert isinstance(one, RedisTokenBucket) and one.key == two.key != other_app.key
+    assert "pat-A" not in one.key
+    assert [one.acquire(), two.acquire()] == [0, 0]
+    assert 0.4 < two.acquire() <= 10 / 18 + 1e-9
+    assert other_app.acquire() == 0
+
+
+def test_factory_without_redis_is_local_and_sized_from_config(tmp_path):
+    cfg = load_config(data=base_config(tmp_path, hubspot={"mode": "dry-run", "requests_per_10s": 190},
+                                       salesforce={"mode": "dry-run", "requests_per_second": 5}))
+    hub = bucket(cfg, "hubspot")
+    assert isinstance(hub, TokenBucket) and hub.capacity == 19 and hub.fill_per_second == (190 - 19) / 10
+    search = bucket(cfg, "hubspot", "search")
+    assert search.capacity == 1 and search.fill_per_second == cfg.hubspot.searches_per_second
+    sf = bucket(cfg, "salesforce")
+    assert isinstance(sf, TokenBucket) and sf.fill_per_second == 5
+    unpaced = load_config(data=base_config(tmp_path))
+    assert isinstance(bucket(unpaced, "salesforce"), Unlimited)
+
+
+def test_redis_down_falls_back_to_a_local_bucket(tmp_path, caplog):
+    cfg = load_config(data=base_config(tmp_path, queue={"url": f"redis://127.0.0.1:{free_port()}/0"},
+                                       hubspot={"mode": "dry-run", "requests_per_10s": 10}))
+    sleeps = Sleeps()
+    b = bucket(cfg, "hubspot", sleep=sleeps)
+    assert b.acquire() == 0  # burst of 1, then 9 per 10 s
+    assert 1.0 <= b.acquire() <= 10 / 9
+    assert "using a local bucket" in caplog.text
