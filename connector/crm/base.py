@@ -28,7 +28,16 @@ class TransientError(WriteError):
 
 
 class RateLimited(TransientError):
-    """The CRM asked us to stop until ``retry_after`` seconds from now; not a failed attempt."""
+    """The CRM asked us to stop until ``retry_after`` seconds from now; not a failed attempt.
+
+    ``whole_crm`` (the CRM's own limit): every open delivery to that CRM is parked until
+    then, in every process. False parks only this item (its own wait: status updates held
+    while Salesforce usage is near the allocation, and the like).
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, whole_crm: bool = True):
+        super().__init__(message, retry_after)
+        self.whole_crm = whole_crm
 
 
 class PermanentError(WriteError):

@@ -149,7 +149,7 @@ class SalesforceWriter:
                 # A status change can wait; new messages keep going while usage is high.
                 raise RateLimited(f"Salesforce API usage {self.client.usage[0]}/{self.client.usage[1]} "
                                   "is near the allocation; status updates paused",
-                                  retry_after=self.cfg.usage_pause_seconds)
+                                  retry_after=self.cfg.usage_pause_seconds, whole_crm=False)
             return "update", rec
         return "create", rec
 

@@ -118,10 +118,11 @@ class Pipeline:
             wait = exc.retry_after if exc.retry_after is not None else cfg.backoff_initial
             self.store.finish(d, RETRYING, error=f"rate limited: {exc}", next_at=time.time() + wait,
                               count_attempt=False)
-            # The wait is the CRM's, not this message's: park that CRM's other open work too,
-            # so no worker, in any process, calls it before the wait is over.
-            self.store.park_target(d.target, time.time() + wait)
-            self.parks[d.target] = self.parks.get(d.target, 0) + 1
+            if exc.whole_crm:
+                # The wait is the CRM's, not this message's: park that CRM's other open work
+                # too, so no worker, in any process, calls it before the wait is over.
+                self.store.park_target(d.target, time.time() + wait)
+                self.parks[d.target] = self.parks.get(d.target, 0) + 1
             log.info("delivery %s message %s %s: rate limited, parked %.0fs", d.id, d.message_id, d.target, wait)
             return self._count(d, "rate_limited")
         if isinstance(exc, PermanentError):
