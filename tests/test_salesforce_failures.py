@@ -172,3 +172,12 @@ def test_usage_near_allocation_parks_status_updates_only(sf, rsps):
     assert rows[1]["last_error"] == ("rate limited: Salesforce API usage 95000/100000 is near the allocation; "
                                      "status updates paused")
     assert len(calls_to(rsps, "PATCH", "/sobjects/Task/")) == 1
+    # New messages are not held back by it.
+    rsps.add(responses.PATCH, UPSERT + "abdcSM11da5f0b1", status=201, json=OK,
+             headers={"Sforce-Limit-Info": "api-usage=95001/100000"})
+    add_search(rsps, [contact("003D", "870-457-5426")])
+    post(aircall_payload("sms_received"))
+    run()
+    rows = delivery_rows(rt)
+    assert rows[2]["state"] == DELIVERED
+    assert rows[1]["state"] == RETRYING and rows[1]["next_at"] > time.time() + 500
