@@ -16,7 +16,7 @@ import time
 
 from .. import ratelimit
 from ..events import MessageEvent, status_advances
-from ..mapping import Mapping
+from ..mapping import Mapping, current
 from .base import (DeliveryContext, Outcome, PermanentError, TransientError, WriteError, entry_kind,
                    template_context)
 from .hubspot_api import Ambiguous, HubSpotApi, describe
@@ -42,6 +42,7 @@ def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: M
            contact_id: str = CONTACT_PLACEHOLDER, object_id: str = "{communication_id}",
            company_id: str | None = COMPANY_PLACEHOLDER, deal_id: str | None = DEAL_PLACEHOLDER) -> dict:
     """The request HubSpot receives for this event (create or update)."""
+    mapping = current(mapping)  # one snapshot of a live mapping for the whole request
     cfg = ctx.config.hubspot
     props = mapping.render(entry_kind(event, operation), template_context(event, ctx))
     props = {k: ("" if v is None else str(v)) for k, v in props.items()}

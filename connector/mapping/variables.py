@@ -28,7 +28,7 @@ DESCRIPTIONS = {
     "message.provider_status": "the status word the provider sent",
     "message.channel": "`sms` or `mms` (mms when there is media)",
     "message.text": "the text of the message (may be empty)",
-    "message.time": "when it was sent or received, in `time_zone` (use `|datetime`)",
+    "message.time": "when it was sent or received, in `time_zone` (format it with the `datetime` filter)",
     "message.time_iso": "the same as ISO 8601 text with offset",
     "message.timestamp_ms": "the same as epoch milliseconds (HubSpot `hs_timestamp`)",
     "message.date": "the local date, `YYYY-MM-DD` (Salesforce `ActivityDate`)",
