@@ -195,6 +195,9 @@ class Store:
         else:
             self.read_engine = self.engine
             self._write_lock = contextlib.nullcontext()
+        self._insert_inbox = (_insert(inbox, self.dialect)
+                              .on_conflict_do_nothing(index_elements=["dedup_key"]).returning(inbox.c.id))
+        self._insert_deliveries = deliveries.insert()
 
     @contextlib.contextmanager
     def write(self):
@@ -236,18 +239,17 @@ class Store:
                 status: str, direction: str, external: str, occurred_at: float,
                 payload: str, targets: Iterable[str], now: float | None = None) -> int | None:
         now = now or time.time()
-        stmt = _insert(inbox, self.dialect).values(
+        # Statements built once (hot path): each call only binds its values.
+        inbox_id = conn.execute(self._insert_inbox, dict(
             dedup_key=dedup_key, provider=provider, message_id=message_id, event=event_name,
             status=status, direction=direction, external=external, received_at=now,
-            occurred_at=occurred_at, payload=payload,
-        ).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(inbox.c.id)
-        inbox_id = conn.execute(stmt).scalar()
+            occurred_at=occurred_at, payload=payload)).scalar()
         if inbox_id is None:
             return None
         rows = [dict(inbox_id=inbox_id, target=t, message_id=message_id, state=PENDING,
                      attempts=0, next_at=now, updated_at=now) for t in targets]
         if rows:
-            conn.execute(deliveries.insert(), rows)
+            conn.execute(self._insert_deliveries, rows)
         return inbox_id
 
     # -- worker side ---------------------------------------------------------------
@@ -299,13 +301,25 @@ class Store:
                                         provider=r.provider))
         return claimed
 
-    def finish(self, d: Delivery, state: str, *, rendered: Any = None, result: Any = None,
-               error: str | None = None, next_at: float | None = None,
-               count_attempt: bool = True) -> bool:
-        """Record a delivery's outcome; False if the lease was lost meanwhile."""
-        now = time.time()
+    def finish(self, d: Delivery, state: str, **outcome) -> bool:
+        """Record a delivery's outcome; False if the lease was lost meanwhile.
+        ``outcome``: rendered, result, error, next_at, count_attempt (see _finish_stmt)."""
+        return self.finish_many([(d, state, outcome)])[0]
+
+    def finish_many(self, outcomes: list[tuple[Delivery, str, dict]]) -> list[bool]:
+        """finish() for several deliveries in one transaction (a batch: one commit)."""
+        if not outcomes:
+            return []
+        with self.write() as conn:
+            return [conn.execute(self._finish_stmt(d, state, **kw)).rowcount == 1
+                    for d, state, kw in outcomes]
+
+    @staticmethod
+    def _finish_stmt(d: Delivery, state: str, *, rendered: Any = None, result: Any = None,
+                     error: str | None = None, next_at: float | None = None,
+                     count_attempt: bool = True):
         values: dict[str, Any] = dict(state=state, lease_until=None, lease_owner=None,
-                                      updated_at=now, last_error=error)
+                                      updated_at=time.time(), last_error=error)
         if count_attempt:
             values["attempts"] = deliveries.c.attempts + 1
         if rendered is not None:
@@ -314,10 +328,8 @@ class Store:
             values["result"] = json.dumps(result)
         if next_at is not None:
             values["next_at"] = next_at
-        with self.write() as conn:
-            res = conn.execute(update(deliveries).where(
-                deliveries.c.id == d.id, deliveries.c.lease_owner == d.lease_owner).values(**values))
-        return res.rowcount == 1
+        return update(deliveries).where(
+            deliveries.c.id == d.id, deliveries.c.lease_owner == d.lease_owner).values(**values)
 
     def sweep(self, now: float | None = None) -> int:
         """Release leases that ran out (their worker died); returns how many."""

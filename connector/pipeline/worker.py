@@ -101,32 +101,43 @@ class Pipeline:
                                          f"{len(items)} items")
             except Exception as exc:  # the whole call failed: every item shares the outcome
                 results = [exc] * len(items)
+            # The batch's outcomes commit together: one transaction, not one per item.
+            finished: list = []
+            parks: list = []
             for i, result in zip(where, results):
-                states[i] = self.record(batch[i], result)
+                states[i] = self.record(batch[i], result,
+                                        finish=lambda d, state, **kw: finished.append((d, state, kw)),
+                                        park=lambda target, until: parks.append((target, until)))
+            self.store.finish_many(finished)
+            for target, until in parks:
+                self.store.park_target(target, until)
         return states  # type: ignore[return-value]
 
-    def record(self, d: Delivery, result: Outcome | BaseException) -> str:
-        """Commit one delivery's outcome: done, parked (rate limit), retry later, or dead."""
+    def record(self, d: Delivery, result: Outcome | BaseException, finish=None, park=None) -> str:
+        """Commit one delivery's outcome: done, parked (rate limit), retry later, or dead.
+        ``finish``/``park`` default to the store's (a batch passes collectors instead)."""
         cfg = self.config.worker
+        finish = finish or self.store.finish
+        park = park or self.store.park_target
         if isinstance(result, Outcome):
-            self.store.finish(d, result.state, rendered=result.rendered, result=result.result)
+            finish(d, result.state, rendered=result.rendered, result=result.result)
             log.info("delivery %s message %s %s: %s", d.id, d.message_id, d.target, result.state)
             return self._count(d, result.state)
         exc = result if isinstance(result, BaseException) else TransientError(
             f"{d.target} writer returned {result!r} instead of an outcome")
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else cfg.backoff_initial
-            self.store.finish(d, RETRYING, error=f"rate limited: {exc}", next_at=time.time() + wait,
-                              count_attempt=False)
+            finish(d, RETRYING, error=f"rate limited: {exc}", next_at=time.time() + wait,
+                   count_attempt=False)
             if exc.whole_crm:
                 # The wait is the CRM's, not this message's: park that CRM's other open work
                 # too, so no worker, in any process, calls it before the wait is over.
-                self.store.park_target(d.target, time.time() + wait)
+                park(d.target, time.time() + wait)
                 self.parks[d.target] = self.parks.get(d.target, 0) + 1
             log.info("delivery %s message %s %s: rate limited, parked %.0fs", d.id, d.message_id, d.target, wait)
             return self._count(d, "rate_limited")
         if isinstance(exc, PermanentError):
-            self.store.finish(d, DEAD, error=str(exc))
+            finish(d, DEAD, error=str(exc))
             log.warning("delivery %s message %s %s: dead letter: %s", d.id, d.message_id, d.target, exc)
             return self._count(d, DEAD)
         # TransientError, or a bug: retry, dead-letter when attempts run out.
@@ -136,14 +147,14 @@ class Pipeline:
             log.error("delivery %s message %s %s: unexpected error", d.id, d.message_id, d.target,
                       exc_info=exc)
         if attempt >= cfg.max_attempts:
-            self.store.finish(d, DEAD, error=f"gave up after {attempt} attempts: {reason}")
+            finish(d, DEAD, error=f"gave up after {attempt} attempts: {reason}")
             log.warning("delivery %s message %s %s: dead letter after %d attempts: %s",
                         d.id, d.message_id, d.target, attempt, reason)
             return self._count(d, DEAD)
         wait = backoff_seconds(attempt, cfg.backoff_initial, cfg.backoff_max)
         if isinstance(exc, TransientError) and exc.retry_after:
             wait = max(wait, exc.retry_after)
-        self.store.finish(d, RETRYING, error=reason, next_at=time.time() + wait)
+        finish(d, RETRYING, error=reason, next_at=time.time() + wait)
         log.info("delivery %s message %s %s: attempt %d failed (%s), retry in %.1fs",
                  d.id, d.message_id, d.target, attempt, reason, wait)
         return self._count(d, RETRYING)
@@ -153,8 +164,8 @@ class Worker:
     """Threads that claim and process deliveries until stopped.
 
     Writers with ``deliver_many`` get their deliveries in batches of up to
-    ``<crm>.batch_size`` (claimed together, one ``deliver_many`` call); a worker holding a partial batch waits up to
-    ``worker.batch_wait`` for more. Others get one delivery at a time.
+    ``<crm>.batch_size`` (claimed together, one ``deliver_many`` call); a worker holding a
+    partial batch waits up to ``worker.batch_wait`` for more. Others get one at a time.
     """
 
     def __init__(self, config: Config, store: Store, pipeline: Pipeline, wake: threading.Event | None = None,

@@ -1,0 +1,329 @@
+"""Ingest throughput, acknowledgement latency, CRM calls and drain time, side by side.
+
+Everything runs on loopback, bounded in time (about two minutes with the defaults):
+
+1. ingest: authenticated Aircall MMS webhooks per second (each with its own message id,
+   each committed before its 200) under ``gunicorn -w 2 connector.web.wsgi:app``, against
+   ``bench/bare_app.py`` (a Flask endpoint that only returns 200) under the same gunicorn
+   settings, both driven by wrk (``apt-get install wrk``; a threaded Python client when
+   wrk is missing). Embedded store (SQLite), and PostgreSQL + Redis nudges when
+   reachable (CONNECTOR_TEST_POSTGRES_URL / CONNECTOR_TEST_REDIS_URL, as the tests);
+2. acknowledgement latency p50/p99 at a fixed 200 requests/s (open loop: latency counts
+   from the scheduled send time, so a stall is not hidden);
+3. CRM API calls per 1,000 MMS events from 200 known contacts, batched as the worker
+   hands them over (bench/crm_calls_hubspot.py, bench/crm_calls_salesforce.py);
+4. time to drain 1,000 events through real workers into a fake HubSpot that answers in
+   100 ms and enforces 100 requests per rolling 10 s (bench/drain.py).
+
+    python bench/throughput.py [--duration 10] [--rate 200] [--skip ingest,latency,calls,drain]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TOKEN = "bench-token"
+PG_URL = os.environ.get("CONNECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CONNECTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+WRK_SCRIPT = r"""
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+local counter = 0
+local template = [==[__BODY__]==]
+request = function()
+  counter = counter + 1
+  local body = template:gsub("__ID__", "w" .. tid .. "-" .. counter)
+  return wrk.format("POST", "/webhooks/aircall", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def body_template() -> str:
+    data = json.loads((ROOT / "tests/fixtures/aircall/mms_received.json").read_text())
+    data["token"] = TOKEN
+    data["data"]["id"] = "__ID__"
+    return json.dumps(data)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- servers -----------------------------------------------------------------------------
+class Gunicorn:
+    """``gunicorn -w 2`` on a free loopback port, stopped on exit."""
+
+    def __init__(self, app: str, env: dict, workers: int = 2):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
+             "--log-level", "warning", app],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}", **env},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{app} exited with {self.proc.returncode}")
+            try:
+                if post(self.port, b"{}", timeout=2)[0] < 500:
+                    time.sleep(0.5)  # let the second worker finish booting too
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit(f"{app} did not answer within 60 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def post(port: int, body: bytes, timeout: float = 10) -> tuple[int, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/webhooks/aircall", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, time.perf_counter()
+    finally:
+        conn.close()
+
+
+# -- 1. ingest ---------------------------------------------------------------------------
+def wrk_run(port: int, duration: float, workdir: Path) -> dict:
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT.replace("__BODY__", body_template()))
+    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{duration:.0f}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+                         timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+def python_load(port: int, duration: float, workdir: Path) -> dict:
+    """Closed-loop threaded client, for machines without wrk."""
+    template = body_template()
+    stop = time.monotonic() + duration
+    counts = [0] * 16
+    bad = [0] * 16
+
+    def run(i: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            n += 1
+            status, _ = post(port, template.replace("__ID__", f"p{i}-{n}").encode())
+            counts[i] += 1
+            bad[i] += status != 200
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - t0
+    return {"rps": sum(counts) / took, "requests": sum(counts), "non2xx": sum(bad), "socket_errors": ""}
+
+
+def stores(workdir: Path) -> list[tuple[str, str, str]]:
+    """(label, store.url, queue.url) for each store reachable here."""
+    out = [("embedded: SQLite", f"sqlite:///{workdir}/ingest.db", "")]
+    try:
+        import redis
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        base = make_url(PG_URL)
+        name = f"connector_bench_{uuid.uuid4().hex[:8]}"
+        with create_engine(base, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        out.append(("scaled out: PostgreSQL + Redis nudge",
+                    base.set(database=name).render_as_string(hide_password=False), REDIS_URL))
+    except Exception as exc:
+        print(f"  (PostgreSQL/Redis not reachable, scaled-out line skipped: {type(exc).__name__})")
+    return out
+
+
+def drop_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    u = make_url(url)
+    with create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
+
+
+def connector_env(workdir: Path, store_url: str, queue_url: str) -> dict:
+    import yaml
+    cfg = {"store": {"url": store_url}, "aircall": {"webhook_tokens": [TOKEN]},
+           "queue": {"url": queue_url, "prefix": f"bench-{uuid.uuid4().hex[:8]}"},
+           "hubspot": {"mode": "dry-run", "mapping": str(ROOT / "mappings/hubspot.yaml")},
+           "salesforce": {"mode": "dry-run", "mapping": str(ROOT / "mappings/salesforce.yaml")},
+           "logging": {"level": "WARNING"}}
+    path = workdir / f"config-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return {"MMS_CONNECTOR_CONFIG": str(path)}
+
+
+def stored_count(store_url: str) -> int:
+    from connector.store import Store
+    s = Store(store_url)
+    try:
+        with s.engine.connect() as conn:
+            from sqlalchemy import func, select
+
+            from connector.store import inbox
+            return conn.execute(select(func.count()).select_from(inbox)).scalar()
+    finally:
+        s.engine.dispose()
+
+
+def ingest(duration: float, workdir: Path) -> list[dict]:
+    load = wrk_run if shutil.which("wrk") else python_load
+    tool = "wrk -t2 -c16" if shutil.which("wrk") else "Python client, 16 threads"
+    print(f"\n1. Ingest: gunicorn -w 2, {duration:.0f} s each, load from {tool}")
+    bare = Gunicorn("bare_app:app", {})
+    try:
+        base = load(bare.port, duration, workdir)
+    finally:
+        bare.stop()
+    print(f"  {'bare Flask return 200':<40}{base['rps']:>9.0f} req/s")
+    rows = []
+    for label, store_url, queue_url in stores(workdir):
+        app = Gunicorn("connector.web.wsgi:app", connector_env(workdir, store_url, queue_url))
+        try:
+            r = load(app.port, duration, workdir)
+        finally:
+            app.stop()
+        acked = r["requests"] - r["non2xx"]
+        stored = stored_count(store_url)
+        rows.append({"label": label, **r, "ratio": r["rps"] / base["rps"], "stored": stored,
+                     "store_url": store_url, "queue_url": queue_url})
+        print(f"  {'connector, ' + label:<40}{r['rps']:>9.0f} req/s   ratio {r['rps'] / base['rps']:.2f}"
+              f"   acknowledged {acked}, stored {stored}, non-2xx {r['non2xx']}"
+              + (f", socket errors: {r['socket_errors']}" if r['socket_errors'] else ""))
+    print("  goal: ratio >= 0.6")
+    return rows
+
+
+# -- 2. latency at a fixed rate ---------------------------------------------------------
+def fixed_rate(port: int, rate: float, seconds: float) -> list[float]:
+    """Open loop: request i is due at t0 + i/rate; latency = answer time - due time."""
+    template = body_template()
+    n = int(rate * seconds)
+    lanes = 8
+    t0 = time.perf_counter() + 0.2
+    lat: list[float] = []
+    bad: list[int] = []
+    tag = uuid.uuid4().hex[:6]
+
+    def lane(k: int) -> None:
+        for i in range(k, n, lanes):
+            due = t0 + i / rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            status, done = post(port, template.replace("__ID__", f"lat-{tag}-{i}").encode())
+            lat.append(done - due)
+            if status != 200:
+                bad.append(status)
+
+    threads = [threading.Thread(target=lane, args=(k,)) for k in range(lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if bad:
+        print(f"  ({len(bad)} answers were not 200: {sorted(set(bad))})")
+    return lat
+
+
+def pct(values: list[float], p: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1] if len(values) > 1 else values[0]
+
+
+def latency(rate: float, seconds: float, workdir: Path, rows: list[dict]) -> None:
+    print(f"\n2. Acknowledgement latency at {rate:.0f} requests/s for {seconds:.0f} s (gunicorn -w 2)")
+    targets = [(r["label"], r["store_url"], r["queue_url"]) for r in rows] or \
+        [("embedded: SQLite", f"sqlite:///{workdir}/latency.db", "")]
+    for label, store_url, queue_url in targets:
+        app = Gunicorn("connector.web.wsgi:app", connector_env(workdir, store_url, queue_url))
+        try:
+            lat = fixed_rate(app.port, rate, seconds)
+        finally:
+            app.stop()
+        print(f"  {'connector, ' + label:<40}p50 {pct(lat, 50) * 1000:6.1f} ms   p99 {pct(lat, 99) * 1000:6.1f} ms"
+              f"   max {max(lat) * 1000:6.1f} ms   ({len(lat)} requests)")
+    print("  goal: p99 < 25 ms")
+
+
+# -- 3. CRM calls ------------------------------------------------------------------------
+def crm_calls() -> None:
+    print("\n3. CRM API calls per 1,000 MMS events from 200 known contacts (batched, as the worker hands them over)")
+    from bench import crm_calls_hubspot, crm_calls_salesforce
+    hub = crm_calls_hubspot.count_calls("batched", 1000, 200, 100)
+    total = sum(hub["calls"].values())
+    print(f"  {'HubSpot':<12}{total:>5} calls   {dict(hub['calls'])}   goal <= 25")
+    calls, logins, _tasks = crm_calls_salesforce.run("batched", crm_calls_salesforce.events(1000, 200), 200, 200)
+    print(f"  {'Salesforce':<12}{sum(calls.values()):>5} calls   {dict(calls)} (+{logins} login)   goal <= 12")
+    print("  a connector that searches and writes per message: 2,000 to 3,000")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=10, help="seconds of load per ingest run")
+    ap.add_argument("--rate", type=float, default=200, help="requests/s for the latency run")
+    ap.add_argument("--latency-seconds", type=float, default=10)
+    ap.add_argument("--skip", default="", help="comma-separated: ingest,latency,calls,drain")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    print(f"mms-crm-connector throughput bench, {os.cpu_count()} CPUs, loopback only")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        rows: list[dict] = []
+        try:
+            if "ingest" not in skip:
+                rows = ingest(args.duration, workdir)
+            if "latency" not in skip:
+                latency(args.rate, args.latency_seconds, workdir, rows)
+        finally:
+            for r in rows:
+                if r["store_url"].startswith("postgresql"):
+                    drop_database(r["store_url"])
+        if "calls" not in skip:
+            crm_calls()
+        if "drain" not in skip:
+            from bench import drain
+            drain.report()
+
+
+if __name__ == "__main__":
+    main()
