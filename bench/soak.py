@@ -79,7 +79,7 @@ def main() -> int:
     ap.add_argument("--fail-rate", type=float, default=0.05,
                     help="share of CRM calls answered 503 (half of them after storing the entry)")
     ap.add_argument("--duplicates", type=float, default=0.05, help="share of webhooks sent twice")
-    ap.add_argument("--drain-timeout", type=float, default=180, help="longest wait for the backlog")
+    ap.add_argument("--drain-timeout", type=float, default=600, help="longest wait for the backlog")
     ap.add_argument("--worker-threads", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
@@ -186,8 +186,11 @@ def main() -> int:
         open_ = figures.get(("hubspot", "pending"), 0) + figures.get(("hubspot", "retrying"), 0)
         entries = crm.by_external_id()
         duplicated = sum(len(v) - 1 for v in entries.values() if len(v) > 1)
-        lost = sorted(m for m in acked if m not in entries)
-        extra = sorted(m for m in entries if m not in acked)
+        open_ids = {e["message_id"] for e in store.list_events(limit=10**7, state="pending")} | \
+            {e["message_id"] for e in store.list_events(limit=10**7, state="retrying")}
+        # Lost: acknowledged, no CRM entry, and no longer being worked on.
+        lost = sorted(m for m in acked if m not in entries and m not in open_ids)
+        extra = sorted(str(m) for m in entries if m not in acked)
         calls = len(crm.requests)
         failures = sum(1 for r in crm.requests if r[3] >= 500)
         print(json.dumps({
@@ -200,7 +203,11 @@ def main() -> int:
         }, indent=2), flush=True)
         if lost:
             print(f"lost, first few: {lost[:10]}")
-        return 0 if not lost and not duplicated and not extra else 1
+        if extra:
+            print(f"entries for messages never acknowledged: {extra[:10]}")
+        if open_:
+            print(f"not drained within --drain-timeout: {open_} deliveries still open")
+        return 0 if not lost and not duplicated and not extra and not open_ else 1
     finally:
         stop_killing.set()
         for proc in (state["worker"], server):
