@@ -182,7 +182,8 @@ class SalesforceConfig(_Section):
     mode: Literal["live", "dry-run", "off"] = "dry-run"
     mapping: str = "mappings/salesforce.yaml"
     auth: Literal["password", "jwt", "token"] = "password"
-    domain: str = "login"
+    domain: str = Field("login", pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+    login_url: str = ""
     instance_url: str = ""
     username: str = ""
     password: str = ""
@@ -206,6 +207,14 @@ class SalesforceConfig(_Section):
     limit_backoff_initial: float = Field(60, gt=0)
     limit_backoff_max: float = Field(3600, gt=0)
     batch_size: int = Field(200, ge=1, le=200)
+
+    @field_validator("login_url", "instance_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if v and not re.fullmatch(r"https?://[^\s/?#]+/?", v):
+            raise ValueError("must be a base URL such as https://acme.my.salesforce.com "
+                             "(http:// only for a local fake org), without a path")
+        return v
 
     @model_validator(mode="after")
     def _credentials_for_live(self) -> "SalesforceConfig":

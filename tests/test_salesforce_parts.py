@@ -329,3 +329,24 @@ def test_default_mapping_marks_a_cut_description(make_runtime):
     event = aircall.parse(payload)
     desc = render(event, ctx_for(rt, event), "create", load_mapping(rt.config, "salesforce"))["body"]["Description"]
     assert len(desc) == 32000 and desc.endswith("x… [truncated]")
+
+
+def test_login_url_and_instance_url_point_at_a_local_fake_org(make_runtime, rsps):
+    from sf_fake import soap_login_ok
+    rt = make_runtime(salesforce=live(login_url="http://127.0.0.1:9999", instance_url="http://127.0.0.1:9999"),
+                      hubspot={"mode": "off"})
+    rsps.add(responses.POST, "http://127.0.0.1:9999/services/Soap/u/59.0", body=soap_login_ok("FAKE"),
+             content_type="text/xml")
+    rsps.add(responses.GET, "http://127.0.0.1:9999/services/data/v59.0/search/", json={"searchRecords": []})
+    rt.pipeline.writers["salesforce"].client.call("search/", params={"q": "FIND {1}"})
+    assert [c.request.url.split("?")[0] for c in rsps.calls] == [
+        "http://127.0.0.1:9999/services/Soap/u/59.0", "http://127.0.0.1:9999/services/data/v59.0/search/"]
+    assert b"<n1:username>integration@acme.test</n1:username>" in rsps.calls[0].request.body.encode()
+    assert rsps.calls[1].request.headers["Authorization"] == "Bearer FAKE"
+
+
+def test_instance_url_needs_a_scheme(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(data=base_config(tmp_path, salesforce=live(instance_url="acme.my.salesforce.com")))
+    assert exc.value.errors == ["salesforce.instance_url: must be a base URL such as "
+                                "https://acme.my.salesforce.com (http:// only for a local fake org), without a path"]

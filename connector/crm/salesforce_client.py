@@ -79,15 +79,21 @@ class Refused(PermanentError):
         self.codes = codes
 
 
-class _TimeoutSession(requests.Session):
-    """requests has no session-wide timeout; simple-salesforce's logins pass none."""
+class _Session(requests.Session):
+    """A session-wide timeout (simple-salesforce's logins pass none), and logins sent to
+    ``salesforce.login_url`` when set (simple-salesforce always builds
+    https://<domain>.salesforce.com/...)."""
 
-    def __init__(self, timeout: float):
+    def __init__(self, timeout: float, domain: str = "login", login_url: str = ""):
         super().__init__()
         self.default_timeout = timeout
+        self.login_prefix = f"https://{domain}.salesforce.com/services/"
+        self.login_url = login_url.rstrip("/")
 
     def request(self, method, url, **kwargs):  # noqa: D401 - requests' signature
         kwargs.setdefault("timeout", self.default_timeout)
+        if self.login_url and isinstance(url, str) and url.startswith(self.login_prefix):
+            url = f"{self.login_url}/services/{url[len(self.login_prefix):]}"
         return super().request(method, url, **kwargs)
 
 
@@ -97,7 +103,7 @@ class SalesforceClient:
         self.cfg = cfg
         self.resolve = resolve
         self.clock = clock
-        self.session = session or _TimeoutSession(cfg.timeout)
+        self.session = session or _Session(cfg.timeout, cfg.domain, cfg.login_url)
         self.bucket = bucket or (TokenBucket(cfg.requests_per_second) if cfg.requests_per_second
                                  else Unlimited())
         self._sf: Salesforce | None = None
