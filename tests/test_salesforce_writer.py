@@ -249,3 +249,22 @@ def test_deleted_contact_is_forgotten_and_matched_again(sf, rsps):
     assert [body_of(c)["WhoId"] for c in calls_to(rsps, "PATCH", "/sobjects/Task/")] == ["003MERGED", "003SURVIVOR"]
     assert delivery_rows(rt)[0]["state"] == DELIVERED
     assert rt.store.get_contact("salesforce", "+14155550142")["record_id"] == "003SURVIVOR"
+
+
+def test_worker_writes_a_burst_with_one_search_and_one_collection(sf, rsps):
+    rt, post, run = sf()
+    add_login(rsps)
+    add_search(rsps, [contact("003A", "(415) 555-0142"), contact("003B", "870-457-5426")])
+    rsps.add(responses.PATCH, f"{API}/composite/sobjects/Task/MMS_Message_Id__c", json=[
+        {"id": f"00T{i}", "success": True, "errors": [], "created": True} for i in range(3)])
+    for i, name in enumerate(["mms_received", "sms_received", "mms_received"]):
+        p = aircall_payload(name)
+        p["data"]["id"] = f"burst{i}"
+        post(p)
+    run()
+    assert len(calls_to(rsps, "GET", "/search/")) == 1
+    [batch] = calls_to(rsps, "PATCH", "/composite/sobjects/")
+    records = body_of(batch)["records"]
+    assert [(r["MMS_Message_Id__c"], r["WhoId"]) for r in records] == [
+        ("burst0", "003A"), ("burst1", "003B"), ("burst2", "003A")]
+    assert [r["state"] for r in delivery_rows(rt)] == [DELIVERED] * 3
