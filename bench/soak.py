@@ -115,8 +115,19 @@ def main() -> int:
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 30)
 
+        def ready_count() -> int:
+            return (tmp / "worker.log").read_text(errors="replace").count("fake worker running")
+
         def killer():
-            while not stop_killing.wait(rng.uniform(*args.kill_every)):
+            # Each worker gets a random 2-5 s of work once it is up (start-up is not work).
+            while True:
+                started_workers = state["kills"] + 1
+                up_deadline = time.monotonic() + 60
+                while ready_count() < started_workers and time.monotonic() < up_deadline:
+                    if stop_killing.wait(0.05):
+                        return
+                if stop_killing.wait(rng.uniform(*args.kill_every)):
+                    return
                 state["worker"].send_signal(signal.SIGKILL)
                 state["worker"].wait()
                 state["kills"] += 1
