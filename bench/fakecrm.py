@@ -98,9 +98,14 @@ class FakeCRM:
                 with crm.lock:
                     crm.requests.append((time.monotonic(), self.command, self.path, status))
 
-            def _body(self) -> dict:
+            def _body(self) -> dict | None:
+                """The JSON body; None when the client died before sending all of it
+                (a real CRM never acts on a cut-off request)."""
                 n = int(self.headers.get("Content-Length") or 0)
-                return json.loads(self.rfile.read(n) or b"{}")
+                data = self.rfile.read(n)
+                if len(data) < n or not data:
+                    return None
+                return json.loads(data)
 
             def _store(self, body: dict) -> str:
                 with crm.lock:
@@ -148,6 +153,8 @@ class FakeCRM:
                 if self.path != BASE_PATH:
                     return self._send(404)
                 body = self._body()
+                if body is None or not body.get("external_id"):
+                    return self._send(400, {"message": "cut-off body or no external_id"})
                 if self._fault(body):
                     return
                 hang, crm.hang_create = crm.hang_create, None
@@ -166,6 +173,8 @@ class FakeCRM:
                 if not self.path.startswith(BASE_PATH + "/"):
                     return self._send(404)
                 body = self._body()
+                if body is None:
+                    return self._send(400, {"message": "cut-off body"})
                 if self._fault(body):
                     return
                 oid = self.path.rsplit("/", 1)[1]
