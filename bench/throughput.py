@@ -3,9 +3,9 @@
 Everything runs on loopback, bounded in time (about two minutes with the defaults):
 
 1. ingest: authenticated Aircall MMS webhooks per second (each with its own message id,
-   each committed before its 200) under ``gunicorn -w 2 connector.web.wsgi:app``, against
-   ``bench/bare_app.py`` (a Flask endpoint that only returns 200) under the same gunicorn
-   settings, both driven by wrk (``apt-get install wrk``; a threaded Python client when
+   each committed before its 200) under ``gunicorn -w 2 --threads 8 connector.web.wsgi:app``,
+   against ``bench/bare_app.py`` (a Flask endpoint that only returns 200) under the same
+   gunicorn settings (``--gunicorn "-w 2"`` for sync workers), both driven by wrk (``apt-get install wrk``; a threaded Python client when
    wrk is missing). Embedded store (SQLite), and PostgreSQL + Redis nudges when
    reachable (CONNECTOR_TEST_POSTGRES_URL / CONNECTOR_TEST_REDIS_URL, as the tests);
 2. acknowledgement latency p50/p99 at a fixed 200 requests/s (open loop: latency counts
@@ -15,7 +15,8 @@ Everything runs on loopback, bounded in time (about two minutes with the default
 4. time to drain 1,000 events through real workers into a fake HubSpot that answers in
    100 ms and enforces 100 requests per rolling 10 s (bench/drain.py).
 
-    python bench/throughput.py [--duration 10] [--rate 200] [--skip ingest,latency,calls,drain]
+    python bench/throughput.py [--duration 10] [--rate 200] [--gunicorn "-w 2 --threads 8"]
+                               [--skip ingest,latency,calls,drain]
 """
 from __future__ import annotations
 
@@ -74,12 +75,14 @@ def free_port() -> int:
 
 # -- servers -----------------------------------------------------------------------------
 class Gunicorn:
-    """``gunicorn -w 2`` on a free loopback port, stopped on exit."""
+    """gunicorn (``--gunicorn``, the same for both apps) on a free loopback port."""
 
-    def __init__(self, app: str, env: dict, workers: int = 2):
+    args: list[str] = ["-w", "2", "--threads", "8"]
+
+    def __init__(self, app: str, env: dict):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "gunicorn", *self.args, "-b", f"127.0.0.1:{self.port}",
              "--log-level", "warning", app],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}", **env},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -209,13 +212,13 @@ def stored_count(store_url: str) -> int:
 def ingest(duration: float, workdir: Path) -> list[dict]:
     load = wrk_run if shutil.which("wrk") else python_load
     tool = "wrk -t2 -c16" if shutil.which("wrk") else "Python client, 16 threads"
-    print(f"\n1. Ingest: gunicorn -w 2, {duration:.0f} s each, load from {tool}")
+    print(f"\n1. Ingest: gunicorn {' '.join(Gunicorn.args)}, {duration:.0f} s each, load from {tool}")
     bare = Gunicorn("bare_app:app", {})
     try:
         base = load(bare.port, duration, workdir)
     finally:
         bare.stop()
-    print(f"  {'bare Flask return 200':<40}{base['rps']:>9.0f} req/s")
+    print(f"  {'bare Flask return 200':<44}{base['rps']:>9.0f} req/s")
     rows = []
     for label, store_url, queue_url in stores(workdir):
         app = Gunicorn("connector.web.wsgi:app", connector_env(workdir, store_url, queue_url))
@@ -227,7 +230,7 @@ def ingest(duration: float, workdir: Path) -> list[dict]:
         stored = stored_count(store_url)
         rows.append({"label": label, **r, "ratio": r["rps"] / base["rps"], "stored": stored,
                      "store_url": store_url, "queue_url": queue_url})
-        print(f"  {'connector, ' + label:<40}{r['rps']:>9.0f} req/s   ratio {r['rps'] / base['rps']:.2f}"
+        print(f"  {'connector, ' + label:<44}{r['rps']:>9.0f} req/s   ratio {r['rps'] / base['rps']:.2f}"
               f"   acknowledged {acked}, stored {stored}, non-2xx {r['non2xx']}"
               + (f", socket errors: {r['socket_errors']}" if r['socket_errors'] else ""))
     print("  goal: ratio >= 0.6")
@@ -271,7 +274,8 @@ def pct(values: list[float], p: float) -> float:
 
 
 def latency(rate: float, seconds: float, workdir: Path, rows: list[dict]) -> None:
-    print(f"\n2. Acknowledgement latency at {rate:.0f} requests/s for {seconds:.0f} s (gunicorn -w 2)")
+    print(f"\n2. Acknowledgement latency at {rate:.0f} requests/s for {seconds:.0f} s "
+          f"(gunicorn {' '.join(Gunicorn.args)})")
     targets = [(r["label"], r["store_url"], r["queue_url"]) for r in rows] or \
         [("embedded: SQLite", f"sqlite:///{workdir}/latency.db", "")]
     for label, store_url, queue_url in targets:
@@ -280,7 +284,7 @@ def latency(rate: float, seconds: float, workdir: Path, rows: list[dict]) -> Non
             lat = fixed_rate(app.port, rate, seconds)
         finally:
             app.stop()
-        print(f"  {'connector, ' + label:<40}p50 {pct(lat, 50) * 1000:6.1f} ms   p99 {pct(lat, 99) * 1000:6.1f} ms"
+        print(f"  {'connector, ' + label:<44}p50 {pct(lat, 50) * 1000:6.1f} ms   p99 {pct(lat, 99) * 1000:6.1f} ms"
               f"   max {max(lat) * 1000:6.1f} ms   ({len(lat)} requests)")
     print("  goal: p99 < 25 ms")
 
@@ -303,7 +307,10 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200, help="requests/s for the latency run")
     ap.add_argument("--latency-seconds", type=float, default=10)
     ap.add_argument("--skip", default="", help="comma-separated: ingest,latency,calls,drain")
+    ap.add_argument("--gunicorn", default="-w 2 --threads 8",
+                    help="gunicorn settings, the same for the connector and the bare app")
     args = ap.parse_args()
+    Gunicorn.args = args.gunicorn.split()
     skip = set(filter(None, args.skip.split(",")))
     print(f"mms-crm-connector throughput bench, {os.cpu_count()} CPUs, loopback only")
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,6 +53,9 @@ def revision(message: str) -> str:
 
     from ..store import make_engine
 
+    written = []
+    if len(heads()) > 1:  # branches that landed in parallel: join them first
+        written.append(command.merge(alembic_config(), "heads", message="merge parallel migrations"))
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(f"sqlite:///{tmp}/scratch.db")
         try:
@@ -60,5 +63,5 @@ def revision(message: str) -> str:
             script = command.revision(alembic_config(engine), message=message, autogenerate=True)
         finally:
             engine.dispose()
-    scripts = script if isinstance(script, list) else [script]
-    return ", ".join(s.path for s in scripts)
+    written += script if isinstance(script, list) else [script]
+    return ", ".join(s.path for s in written)
