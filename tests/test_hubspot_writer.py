@@ -223,3 +223,30 @@ def test_deal_association_uses_the_contacts_latest_deal(live, hub):
     assert creates[1][2]["associations"][1] == {"to": {"id": "733"}, "types": [
         {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 85}]}
     assert len(hub.calls("GET", "/crm/v4/associations/communications/deals/labels")) == 1
+
+
+def test_preview_command_prints_the_request_live_mode_sends(live, hub, tmp_path):
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from connector.cli import main
+    from tests.conftest import aircall_payload
+    cid = hub.add_contact(phone="+14155550142")
+    rt = live(owner_id="42")
+    post(rt, "mms_received")
+    run(rt)
+    [create] = hub.calls("POST", "/crm/v3/objects/communications")
+    cfg = tmp_path / "preview.yaml"
+    cfg.write_text(yaml.safe_dump({k: v for k, v in rt.config.model_dump(by_alias=True).items()
+                                   if k in ("store", "aircall", "hubspot", "salesforce", "time_zone")}))
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps(aircall_payload("mms_received")))
+    out = CliRunner().invoke(main, ["preview", "--config", str(cfg), "--crm", "hubspot", str(event)])
+    assert out.exit_code == 0, out.output
+    [shown] = json.loads(out.output)
+    assert shown["method"] == "POST" and shown["path"] == "/crm/v3/objects/communications"
+    assert shown["body"]["associations"][0]["to"]["id"] == "{contact_id}"
+    shown["body"]["associations"][0]["to"]["id"] = cid
+    assert shown["body"] == create[2]

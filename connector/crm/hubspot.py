@@ -65,8 +65,9 @@ def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: M
             "body": {"properties": props, "associations": associations}}
 
 
-def build_writer(config, mapping: Mapping) -> "HubSpotWriter":
-    return HubSpotWriter(config, lambda: mapping)
+def build_writer(config, mapping) -> "HubSpotWriter":
+    """``mapping``: a Mapping, or a callable returning the current one (follows file edits)."""
+    return HubSpotWriter(config, mapping if callable(mapping) else (lambda: mapping))
 
 
 class HubSpotWriter:
