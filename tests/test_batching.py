@@ -136,3 +136,27 @@ def test_a_partial_batch_waits_to_fill_up_to_batch_size(make_runtime):
     assert [d.message_id for d in batch] == ["m1", "m2", "m3"]
     rest = worker.claim_batch("w1", "hubspot", wait=0)  # no wait: what is due now
     assert [d.message_id for d in rest] == ["m4"]
+
+
+def test_an_item_whose_lease_was_lost_keeps_the_new_owners_state(make_runtime):
+    """Outcomes commit together, but each only where this worker still holds the lease."""
+    from sqlalchemy import update
+
+    from connector.store import deliveries
+
+    class Slow(BatchWriter):
+        def deliver_many(self, items):
+            # Meanwhile the lease on m1 ran out and another worker took it.
+            with rt.store.engine.begin() as conn:
+                conn.execute(update(deliveries).where(deliveries.c.message_id == "m1")
+                             .values(lease_owner="other-worker"))
+            return super().deliver_many(items)
+
+    rt, client = _setup(make_runtime, Slow())
+    _post(client, "m1")
+    _post(client, "m2")
+    batch = rt.worker().claim_batch("w1", "hubspot")
+    assert rt.pipeline.process_batch(batch) == ["delivered", "delivered"]
+    states = _states(rt)
+    assert states["m1"]["hubspot"] == ("pending", 0, None)  # untouched: the other worker owns it
+    assert states["m2"]["hubspot"] == ("delivered", 1, None)
