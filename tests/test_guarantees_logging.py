@@ -22,6 +22,12 @@ SECRETS = {
     "hubspot_access": "pat-na1-3b5c7d9e-1a2b-4c6d-8e0f-abcdef123456",
     "hubspot_client_secret": "hs-client-secret-0c1d2e3f",
     "hubspot_refresh": "hs-refresh-4f5e6d7c8b9a",
+    "salesforce_password": "sf-pass-Zq81!x",
+    "salesforce_security_token": "sf-sectok-7Hk2LmN9pQ",
+    "api_token": "api-bearer-51c0ffee77",
+    "api_token_rotated": "api-bearer-rotated-9a9a9a",
+    "outbound_hubspot_secret": "hs-app-secret-for-signatures-1f",
+    "salesforce_url_token": "sf-om-url-token-3e4d",
 }
 PRESIGNED = "X-Amz-Signature="
 
@@ -32,13 +38,19 @@ def _config(tmp_path, json_lines: bool, port: int) -> dict:
         "store": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
         "worker": {"poll_interval": 0.05},
         "aircall": {"webhook_tokens": [SECRETS["webhook_token"], SECRETS["webhook_token_rotated"]],
-                    "api_id": "acl-id", "api_token": SECRETS["aircall_api_token"],
+                    "api_id": "acl-id", "api_base_url": f"http://127.0.0.1:{port}/no-aircall-here", "api_token": SECRETS["aircall_api_token"],
                     "oauth_token": SECRETS["aircall_oauth"]},
         "hubspot": {"mode": "dry-run", "mapping": str(ROOT / "mappings" / "hubspot.yaml"),
                     "access_token": SECRETS["hubspot_access"],
                     "client_secret": SECRETS["hubspot_client_secret"],
                     "refresh_token": SECRETS["hubspot_refresh"]},
-        "salesforce": {"mode": "dry-run", "mapping": str(ROOT / "mappings" / "salesforce.yaml")},
+        "salesforce": {"mode": "dry-run", "mapping": str(ROOT / "mappings" / "salesforce.yaml"),
+                       "username": "integration@acme.test", "password": SECRETS["salesforce_password"],
+                       "security_token": SECRETS["salesforce_security_token"]},
+        "outbound": {"api_tokens": [SECRETS["api_token"], SECRETS["api_token_rotated"]],
+                     "hubspot": {"client_secret": SECRETS["outbound_hubspot_secret"]},
+                     "salesforce": {"organization_ids": ["00D5e000000AbCdEAF"],
+                                    "token": SECRETS["salesforce_url_token"]}},
         "logging": {"level": "DEBUG", "json": json_lines},
     }
 
@@ -67,6 +79,21 @@ def test_real_traffic_logs_no_secret(tmp_path, json_lines):
             requests.post(hook, data="x" * 70000, headers={"Authorization": f"Bearer {SECRETS['hubspot_access']}"}).status_code,
         ]
         assert codes == [200, 200, 200, 200, 401, 401, 400, 413]
+        api = base + "/api/v1/messages"
+        msg = {"to": "+14155550142", "text": "hi"}  # no line configured: refused, never sent
+        out_codes = [
+            requests.post(api, json=msg, headers={"Authorization": f"Bearer {SECRETS['api_token']}"}).status_code,
+            requests.post(api, json=msg, headers={"Authorization": f"Bearer {SECRETS['api_token_rotated']}x"}).status_code,
+            requests.post(api, json=msg, headers={"Authorization": f"Bearer {SECRETS['webhook_token']}"}).status_code,
+            requests.post(base + f"/outbound/salesforce?token={SECRETS['salesforce_url_token']}x",
+                          data="<x/>", headers={"Content-Type": "text/xml"}).status_code,
+            requests.post(base + f"/outbound/salesforce?token={SECRETS['salesforce_url_token']}",
+                          data="<x/>", headers={"Content-Type": "text/xml"}).status_code,
+            requests.post(base + "/outbound/hubspot", data=b'{"callbackId": "c"}',
+                          headers={"X-HubSpot-Signature": SECRETS["outbound_hubspot_secret"],
+                                   "Content-Type": "application/json"}).status_code,
+        ]
+        assert out_codes == [422, 401, 401, 401, 400, 401]
         store = Store(f"sqlite:///{tmp_path / 'c.db'}")
         wait_for(lambda: store.pending_count() == 0 and len(store.list_events()) == 2, what="deliveries done")
         assert requests.get(base + "/metrics").status_code == 200
