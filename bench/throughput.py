@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 TOKEN = "bench-token"
 PG_URL = os.environ.get("CONNECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CONNECTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+CREATED: list[str] = []  # databases this run made, dropped at the end whatever happens
 
 WRK_SCRIPT = r"""
 local threads = {}
@@ -169,8 +170,9 @@ def stores(workdir: Path) -> list[tuple[str, str, str]]:
         name = f"connector_bench_{uuid.uuid4().hex[:8]}"
         with create_engine(base, isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-        out.append(("scaled out: PostgreSQL + Redis nudge",
-                    base.set(database=name).render_as_string(hide_password=False), REDIS_URL))
+        url = base.set(database=name).render_as_string(hide_password=False)
+        CREATED.append(url)
+        out.append(("scaled out: PostgreSQL + Redis nudge", url, REDIS_URL))
     except Exception as exc:
         print(f"  (PostgreSQL/Redis not reachable, scaled-out line skipped: {type(exc).__name__})")
     return out
@@ -218,7 +220,7 @@ def ingest(duration: float, workdir: Path) -> list[dict]:
         base = load(bare.port, duration, workdir)
     finally:
         bare.stop()
-    print(f"  {'bare Flask return 200':<44}{base['rps']:>9.0f} req/s")
+    print(f"  {'bare Flask return 200':<50}{base['rps']:>9.0f} req/s")
     rows = []
     for label, store_url, queue_url in stores(workdir):
         app = Gunicorn("connector.web.wsgi:app", connector_env(workdir, store_url, queue_url))
@@ -230,7 +232,7 @@ def ingest(duration: float, workdir: Path) -> list[dict]:
         stored = stored_count(store_url)
         rows.append({"label": label, **r, "ratio": r["rps"] / base["rps"], "stored": stored,
                      "store_url": store_url, "queue_url": queue_url})
-        print(f"  {'connector, ' + label:<44}{r['rps']:>9.0f} req/s   ratio {r['rps'] / base['rps']:.2f}"
+        print(f"  {'connector, ' + label:<50}{r['rps']:>9.0f} req/s   ratio {r['rps'] / base['rps']:.2f}"
               f"   acknowledged {acked}, stored {stored}, non-2xx {r['non2xx']}"
               + (f", socket errors: {r['socket_errors']}" if r['socket_errors'] else ""))
     print("  goal: ratio >= 0.6")
@@ -284,7 +286,7 @@ def latency(rate: float, seconds: float, workdir: Path, rows: list[dict]) -> Non
             lat = fixed_rate(app.port, rate, seconds)
         finally:
             app.stop()
-        print(f"  {'connector, ' + label:<44}p50 {pct(lat, 50) * 1000:6.1f} ms   p99 {pct(lat, 99) * 1000:6.1f} ms"
+        print(f"  {'connector, ' + label:<50}p50 {pct(lat, 50) * 1000:6.1f} ms   p99 {pct(lat, 99) * 1000:6.1f} ms"
               f"   max {max(lat) * 1000:6.1f} ms   ({len(lat)} requests)")
     print("  goal: p99 < 25 ms")
 
@@ -322,9 +324,8 @@ def main() -> None:
             if "latency" not in skip:
                 latency(args.rate, args.latency_seconds, workdir, rows)
         finally:
-            for r in rows:
-                if r["store_url"].startswith("postgresql"):
-                    drop_database(r["store_url"])
+            for url in CREATED:
+                drop_database(url)
         if "calls" not in skip:
             crm_calls()
         if "drain" not in skip:
