@@ -268,3 +268,19 @@ def test_worker_writes_a_burst_with_one_search_and_one_collection(sf, rsps):
     assert [(r["MMS_Message_Id__c"], r["WhoId"]) for r in records] == [
         ("burst0", "003A"), ("burst1", "003B"), ("burst2", "003A")]
     assert [r["state"] for r in delivery_rows(rt)] == [DELIVERED] * 3
+
+
+def test_custom_object_mapping_sets_the_lookup_for_the_matched_type(sf, rsps):
+    from conftest import ROOT
+    rt, post, run = sf(mapping=str(ROOT / "mappings/examples/salesforce-custom-object.yaml"))
+    add_login(rsps)
+    add_search(rsps, [lead("00QL", "(870) 457-5426")])
+    url = f"{API}/sobjects/MMS_Message__c/MMS_Message_Id__c/abdcSM11da5f0b1"
+    rsps.add(responses.PATCH, url, status=201, json={"id": "a01X", "success": True, "created": True})
+    post(aircall_payload("sms_received"))
+    run()
+    [call] = calls_to(rsps, "PATCH", "/sobjects/MMS_Message__c/")
+    body = body_of(call)
+    assert body["Lead__c"] == "00QL" and "Contact__c" not in body and "WhoId" not in body
+    assert body["Direction__c"] == "Inbound"
+    assert rt.store.get_record("salesforce", "abdcSM11da5f0b1")["object_type"] == "MMS_Message__c"
