@@ -243,3 +243,16 @@ def test_unknown_number_is_remembered_for_a_while(live, hub):
     run(rt)
     assert len(hub.calls("POST", "/crm/v3/objects/contacts/search")) == 1
     assert [s[0]["state"] for s in (state(rt, "a"), state(rt, "b"))] == ["skipped", "skipped"]
+
+
+def test_search_secondly_429_waits_a_second_and_retries(live, hub):
+    hub.add_contact(phone="+14155550142")
+    hub.fail_next("POST", "/crm/v3/objects/contacts/search", hubspot_error(
+        429, "You have reached your secondly limit.", "RATE_LIMITS", errorType="RATE_LIMIT",
+        policyName="SECONDLY"))
+    rt = live()
+    post(rt, "mms_received")
+    run(rt)
+    assert rt.waits == [1.0]
+    assert len(hub.calls("POST", "/crm/v3/objects/contacts/search")) == 2
+    assert state(rt, MMS)[0]["state"] == "delivered"

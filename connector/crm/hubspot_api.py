@@ -199,7 +199,9 @@ class HubSpotApi:
                 wait = seconds_until_midnight(self.time_zone)
                 self.daily_blocked_until = self.clock() + wait
                 return RateLimited(f"{text}; parked until midnight {self.time_zone}", retry_after=wait)
-            return BurstLimited(text, retry_after=retry_after or (10.0 if policy else 1.0))
+            # The 10 s window frees up within 10 s; the search API's per-second one within 1 s.
+            window = 10.0 if policy == "TEN_SECONDLY_ROLLING" else 1.0
+            return BurstLimited(text, retry_after=retry_after or window)
         if status >= 500 or status in (408, 423):
             return Ambiguous(text, retry_after=_retry_after(exc))
         if status == 401:
