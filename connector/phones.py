@@ -1,11 +1,14 @@
 """Phone numbers: E.164 normalization and display formats (phonenumbers)."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 
 DEFAULT_REGION = "US"
 
 
+@lru_cache(maxsize=8192)  # on the webhook path; lines and customers repeat all day
 def to_e164(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
     """'(415) 555-0142', '+1 415 555 0142', '14155550142' -> '+14155550142'.
 

@@ -93,8 +93,7 @@ def _count_inbound(response):
     rt = current_app.extensions["connector"]
     code = response.status_code
     if 200 <= code < 300:
-        body = response.get_json(silent=True) if response.is_json else None
-        result = body.get("status") if isinstance(body, dict) and isinstance(body.get("status"), str) else "accepted"
+        result = g.get("result") or "accepted"  # set by the handler: stored, duplicate, ...
     elif code >= 500:
         result = "error"
     else:

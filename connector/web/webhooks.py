@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from ..providers import aircall
 
@@ -45,6 +45,7 @@ def aircall_webhook():
         event = aircall.parse(body)
     except aircall.Ignored as exc:
         log.info("aircall webhook ignored: %s", exc)
+        g.result = "ignored"
         return jsonify(status="ignored", reason=str(exc)), 200
     except aircall.PayloadError as exc:
         log.info("aircall webhook rejected: %s", exc)
@@ -56,7 +57,9 @@ def aircall_webhook():
         payload=request.get_data(as_text=True), targets=rt.config.targets())
     if inbox_id is None:
         log.info("aircall %s message %s: duplicate delivery, already stored", event.event, event.message_id)
+        g.result = "duplicate"
         return jsonify(status="duplicate", message_id=event.message_id), 200
     rt.wake()
     log.info("aircall %s message %s: stored as event %s", event.event, event.message_id, inbox_id)
+    g.result = "stored"
     return jsonify(status="stored", message_id=event.message_id, event_id=inbox_id), 200
