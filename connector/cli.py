@@ -363,5 +363,10 @@ from .cli_outbound import outbox_group, send  # noqa: E402  (they use the helper
 main.add_command(send)
 main.add_command(outbox_group)
 
+from .media.commands import media as _media_commands  # noqa: E402  (the `media` group)
+
+main.add_command(_media_commands)
+
+
 if __name__ == "__main__":
     main()

@@ -352,6 +352,28 @@ class OutboundConfig(_Section):
                 return line
         return None
 
+class MediaConfig(_Section):
+    """Inbound attachments: fetched once into a store, served by signed links."""
+    # Local directory of the media store (relative to the config file). A directory on a
+    # shared mount serves several machines; the generated signing secret lives there too.
+    dir: str = "data/media"
+    retention_days: int = Field(183, ge=1, le=3650)
+    # Signs /media links. Empty: a random secret is generated once and kept in
+    # <dir>/.signing-secret, so every process sharing the directory signs alike.
+    signing_secret: str = ""
+    # Older secrets still accepted (rotation): links signed with them keep working.
+    previous_signing_secrets: list[str] = Field(default_factory=list)
+    fetch_attempts: int = Field(3, ge=1, le=10)
+    fetch_retry_wait: float = Field(0.5, ge=0, le=60)
+    purge_interval: float = Field(3600, gt=0)
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret_length(cls, v: str) -> str:
+        if v and len(v) < 16:
+            raise ValueError("must be at least 16 characters (or empty to generate one)")
+        return v
+
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -369,6 +391,7 @@ class Config(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
     time_zone: str = "UTC"
 
     # Where the file was read from; relative paths (mappings, sqlite) resolve against it.

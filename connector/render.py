@@ -16,9 +16,11 @@ from markupsafe import Markup
 
 from . import phones
 from .events import STATUS_LABELS, MessageEvent
+from .mms import format_limit
 
 MAX_PREVIEWS = 4
 UNSUPPORTED_ALERT = "Some media cannot be received due to unsupported format."
+UNAVAILABLE_ALERT = "Some media is unavailable due to an error"
 SUPPORTED_TYPES = {"image/png", "image/jpeg", "image/gif", "application/pdf"}
 
 
@@ -93,9 +95,14 @@ def build_context(event: MessageEvent, media: list[MediaView], *, download_all_l
         "media_count": len(media),
         "previews": [asdict(m) | {"is_image": m.is_image} for m in previews],
         "more_count": max(0, len(offered) - MAX_PREVIEWS),
-        "unsupported_count": sum(1 for m in media if not (m.supported and m.available)),
-        "has_unsupported": any(not (m.supported and m.available) for m in media),
+        # Too large or of an unsupported type: never offered (MMS article's alert).
+        "unsupported_count": sum(1 for m in media if not m.supported),
+        "has_unsupported": any(not m.supported for m in media),
         "unsupported_alert": UNSUPPORTED_ALERT,
+        # Supported, but the provider's file could not be fetched, or it expired.
+        "unavailable_count": sum(1 for m in media if m.supported and not m.available),
+        "has_unavailable": any(m.supported and not m.available for m in media),
+        "unavailable_alert": UNAVAILABLE_ALERT,
         "download_all_link": download_all_link if offered else "",
     }
     ctx["body_html"] = Markup(_HTML.render(**ctx).strip())
@@ -104,6 +111,7 @@ def build_context(event: MessageEvent, media: list[MediaView], *, download_all_l
 
 
 _env_html = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_env_html.globals["size_label"] = format_limit
 _env_text = Environment(autoescape=False, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 _HTML = _env_html.from_string("""
@@ -116,13 +124,15 @@ _HTML = _env_html.from_string("""
 <p>Attachments ({{ media_count }}):</p>
 <ul>
 {% for m in media %}
-{% if m.supported and m.available %}<li><a href="{{ m.link }}">{{ m.name }}</a> ({{ m.type }})</li>
-{% else %}<li>{{ m.name }}: cannot be received</li>
+{% if m.supported and m.available %}<li><a href="{{ m.link }}">{{ m.name }}</a> ({{ m.type }}{{ ', ' ~ size_label(m.size) if m.size }})</li>
+{% elif not m.supported %}<li>{{ m.name }}: cannot be received</li>
+{% else %}<li>{{ m.name }}: unavailable</li>
 {% endif %}
 {% endfor %}
 </ul>
 {% if download_all_link %}<p><a href="{{ download_all_link }}">Download all</a></p>{% endif %}
 {% if has_unsupported %}<p>&#9888; {{ unsupported_alert }}</p>{% endif %}
+{% if has_unavailable %}<p>&#9888; {{ unavailable_alert }}</p>{% endif %}
 {% endif %}
 """)
 
@@ -137,12 +147,15 @@ _TEXT = _env_text.from_string("""
 Attachments: {{ media_count }}
 {% for m in media %}
 {% if m.supported and m.available %}- {{ m.name }}: {{ m.link }}
-{% else %}- {{ m.name }}: cannot be received
+{% elif not m.supported %}- {{ m.name }}: cannot be received
+{% else %}- {{ m.name }}: unavailable
 {% endif %}
 {% endfor %}
 {% if download_all_link %}Download all: {{ download_all_link }}
 {% endif %}
 {% if has_unsupported %}{{ unsupported_alert }}
+{% endif %}
+{% if has_unavailable %}{{ unavailable_alert }}
 {% endif %}
 {% endif %}
 """)

@@ -8,6 +8,7 @@ from .config import Config
 from . import redisconn
 from .metrics import Metrics
 from .nudges import Nudges
+from .media import MediaService
 from .pipeline.worker import Pipeline, Worker
 from .pipeline.writers import build_writers
 from .store import Store
@@ -28,6 +29,7 @@ class Runtime:
         self.store.create_schema()
         # No connection made here may cross a fork (gunicorn --preload): start afresh.
         self.store.engine.dispose()
+        self.media = MediaService(config, self.store)
         self.wake_event = threading.Event()
         # Redis in the scaled-out mode (queue.url): wake-up nudges to workers anywhere.
         self.queue = Nudges(config) if redisconn.enabled(config) else None
@@ -41,7 +43,7 @@ class Runtime:
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
             self._pipeline = Pipeline(self.config, self.store, build_writers(self.config),
-                                      metrics=self.metrics)
+                                      media=self.media, metrics=self.metrics)
         return self._pipeline
 
     def request_started(self) -> None:
@@ -70,6 +72,7 @@ class Runtime:
         w = Worker(self.config, self.store, self.pipeline, self.wake_event,
                    requests_in_flight=lambda: self.in_flight, nudges=self.queue)
         w.tasks.append(self.outbound)
+        w.every(self.config.media.purge_interval, "media-purge", self.media.purge)
         return w
 
 

@@ -91,6 +91,32 @@ contacts = Table(
     Column("expires_at", Float, nullable=False),
 )
 
+# Inbound attachments, fetched once per message and kept (connector.media). One row per
+# (message, position); a "fetching" row is a lease, so two workers never fetch one twice.
+MEDIA_FETCHING, MEDIA_AVAILABLE, MEDIA_UNSUPPORTED, MEDIA_TOO_LARGE, MEDIA_UNAVAILABLE, MEDIA_EXPIRED = (
+    "fetching", "available", "unsupported", "too_large", "unavailable", "expired")
+
+media = Table(
+    "media", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(200), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("name", String(300), nullable=False, default=""),
+    Column("declared_type", String(120), nullable=False, default=""),
+    Column("detected_type", String(120), nullable=True),
+    Column("size", Integer, nullable=True),
+    Column("sha256", String(64), nullable=True),
+    Column("path", String(400), nullable=True),
+    Column("state", String(20), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("fetched_at", Float, nullable=True),
+    Column("expires_at", Float, nullable=True),
+    UniqueConstraint("message_id", "idx", name="uq_media_message_idx"),
+    Index("ix_media_expires", "state", "expires_at"),
+)
+
 
 # Outbound sends. ``idem_key`` makes every entry point idempotent (API Idempotency-Key,
 # HubSpot callbackId, Salesforce Notification Id). States: queued -> sending -> sent |
@@ -442,6 +468,67 @@ class Store:
             rows = conn.execute(select(crm_records.c.object_id).where(
                 crm_records.c.target == target, crm_records.c.object_id.in_(ids)))
             return {r.object_id for r in rows}
+
+    # -- media (connector.media) ---------------------------------------------------
+    def media_rows(self, message_id: str) -> list[dict]:
+        with self.read() as conn:
+            rows = conn.execute(select(media).where(media.c.message_id == message_id)
+                                .order_by(media.c.idx)).fetchall()
+        return [dict(r._mapping) for r in rows]
+
+    def media_row(self, message_id: str, idx: int) -> dict | None:
+        with self.read() as conn:
+            r = conn.execute(select(media).where(media.c.message_id == message_id,
+                                                 media.c.idx == idx)).first()
+        return None if r is None else dict(r._mapping)
+
+    def media_claim(self, message_id: str, idx: int, *, name: str, declared_type: str,
+                    owner: str, lease_seconds: float, now: float | None = None) -> bool:
+        """Reserve one attachment for fetching; False if it is done or another worker has it."""
+        now = now or time.time()
+        stmt = _insert(media, self.dialect).values(
+            message_id=message_id, idx=idx, name=name, declared_type=declared_type,
+            state=MEDIA_FETCHING, lease_owner=owner, lease_until=now + lease_seconds,
+        ).on_conflict_do_nothing(index_elements=["message_id", "idx"]).returning(media.c.id)
+        with self.write() as conn:
+            if conn.execute(stmt).scalar() is not None:
+                return True
+            # A fetch whose worker died: take it over once its lease ran out.
+            res = conn.execute(update(media).where(
+                media.c.message_id == message_id, media.c.idx == idx,
+                media.c.state == MEDIA_FETCHING, media.c.lease_until <= now,
+            ).values(lease_owner=owner, lease_until=now + lease_seconds))
+            return res.rowcount == 1
+
+    def media_finish(self, message_id: str, idx: int, owner: str, **values: Any) -> bool:
+        """Record a fetch's outcome (state, type, size, path, ...); False if the lease was lost."""
+        values.update(lease_owner=None, lease_until=None)
+        with self.write() as conn:
+            res = conn.execute(update(media).where(
+                media.c.message_id == message_id, media.c.idx == idx,
+                media.c.state == MEDIA_FETCHING, media.c.lease_owner == owner).values(**values))
+        return res.rowcount == 1
+
+    def media_release(self, message_id: str, idx: int, owner: str) -> None:
+        """Give up a fetch lease early (the fetch failed unexpectedly; let a retry take it)."""
+        with self.write() as conn:
+            conn.execute(update(media).where(
+                media.c.message_id == message_id, media.c.idx == idx,
+                media.c.state == MEDIA_FETCHING, media.c.lease_owner == owner).values(lease_until=0))
+
+    def media_expired(self, now: float | None = None, limit: int = 500) -> list[dict]:
+        """Stored files whose retention ran out."""
+        now = now or time.time()
+        with self.read() as conn:
+            rows = conn.execute(select(media).where(
+                media.c.state == MEDIA_AVAILABLE, media.c.expires_at <= now,
+            ).order_by(media.c.expires_at).limit(limit)).fetchall()
+        return [dict(r._mapping) for r in rows]
+
+    def media_mark_expired(self, row_id: int) -> None:
+        with self.write() as conn:
+            conn.execute(update(media).where(media.c.id == row_id, media.c.state == MEDIA_AVAILABLE)
+                         .values(state=MEDIA_EXPIRED, path=None))
 
     # -- listing for operators -----------------------------------------------------
     def list_events(self, limit: int = 100, state: str | None = None, target: str | None = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from connector.config import load_config
+from connector.render import default_media_views
 from connector.runtime import Runtime
 from connector.web import create_app
 
@@ -43,7 +44,13 @@ def base_config(tmp_path: Path, **sections) -> dict:
 @pytest.fixture
 def make_runtime(tmp_path):
     def make(**sections) -> Runtime:
-        return Runtime(load_config(data=copy.deepcopy(base_config(tmp_path, **sections))))
+        rt = Runtime(load_config(data=copy.deepcopy(base_config(tmp_path, **sections))))
+        if "media" not in sections:
+            # The fixtures' media URLs (media.aircall.example) do not resolve: unless a test
+            # configures `media` (tests/test_media.py serves real files), attachments are
+            # judged by their declared types and keep the provider's links.
+            rt.pipeline.media = lambda event, _d: (default_media_views(event), "")
+        return rt
     return make
 
 

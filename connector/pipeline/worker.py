@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 from tenacity import RetryCallState, wait_exponential, wait_random
 
@@ -182,6 +183,8 @@ class Worker:
         self.threads: list[threading.Thread] = []
         # More work sources (the outbound sender): run_once(owner) -> int, sweep() -> int.
         self.tasks: list = []
+        # Housekeeping on a timer (media purge): (interval seconds, name, callable).
+        self.periodic: list[tuple[float, str, Callable[[], object]]] = []
 
     def batching_targets(self) -> list[str]:
         return [t for t, w in self.pipeline.writers.items() if callable(getattr(w, "deliver_many", None))]
@@ -220,6 +223,10 @@ class Worker:
             self.pipeline.process(d)
             done += 1
         return done
+
+    def every(self, interval: float, name: str, task: Callable[[], object]) -> None:
+        """Run ``task`` every ``interval`` seconds while the worker runs (e.g. media purge)."""
+        self.periodic.append((interval, name, task))
 
     def run_once(self, owner: str | None = None) -> int:
         """Claim and process what is due now (no waiting); returns how many deliveries ran."""
@@ -262,6 +269,13 @@ class Worker:
             except Exception:
                 log.exception("sweep error")
 
+    def _periodic_loop(self, interval: float, name: str, task: Callable[[], object]) -> None:
+        while not self.stop_event.wait(interval):
+            try:
+                task()
+            except Exception:
+                log.exception("%s error", name)
+
     def start(self) -> None:
         for i in range(self.config.worker.threads):
             t = threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
@@ -273,6 +287,10 @@ class Worker:
         if self.nudges is not None:
             t = threading.Thread(target=self.nudges.listen, args=(self.wake, self.stop_event),
                                  name="nudges", daemon=True)
+            t.start()
+            self.threads.append(t)
+        for interval, name, task in self.periodic:
+            t = threading.Thread(target=self._periodic_loop, args=(interval, name, task), name=name, daemon=True)
             t.start()
             self.threads.append(t)
 

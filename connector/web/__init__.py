@@ -16,10 +16,11 @@ def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
     app.before_request(rt.request_started)
     app.teardown_request(lambda _exc: rt.request_finished())
 
-    from . import health, outbound, webhooks
+    from . import health, media, outbound, webhooks
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(outbound.bp)
+    app.register_blueprint(media.bp)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
