@@ -57,8 +57,10 @@ def serve(config_path, host, port, no_worker):
     click.echo(f"mms-connector listening on http://{host}:{port} (config {cfg.source}, "
                f"targets: {', '.join(f'{t}={getattr(cfg, t).mode}' for t in cfg.targets()) or 'none'})")
     try:
+        # outbuf_high_watermark: a streamed response (a "Download all" zip) is buffered at most
+        # 1 MB ahead of the client per connection, not waitress's default 16 MB.
         waitress_serve(app, host=host, port=port, threads=cfg.server.threads, ident="mms-connector",
-                       _quiet=True)
+                       outbuf_high_watermark=1024 * 1024, _quiet=True)
     finally:
         if worker:
             worker.stop()

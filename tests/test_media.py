@@ -410,3 +410,18 @@ def test_single_files_answer_range_requests(env, provider):
     assert resp.status_code == 206
     assert resp.data == FILES["/m/quote.pdf"][0][:8]
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_purge_removes_partial_files_left_by_a_killed_writer(env, provider, tmp_path):
+    import os
+    rt, client = env()
+    receive(rt, client, provider, message_id="SMpart", items=ITEMS[:1])
+    stale = tmp_path / "media" / "ab" / ".incoming-x1"
+    fresh = tmp_path / "media" / "ab" / ".incoming-x2"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"being written")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    rt.media.purge()
+    assert not stale.exists() and fresh.exists()
+    assert client.get(path_of(rt.media.views("SMpart")[0][0].link)).status_code == 200

@@ -155,6 +155,9 @@ class MediaService:
                 self.store.media_mark_expired(r["id"])
         if count:
             log.info("media purge: deleted %d expired files (%d bytes)", count, freed)
+        remove_partial = getattr(self.storage, "remove_partial", None)
+        if remove_partial is not None and self.root.exists():
+            remove_partial(older_than=DAY)
         return count, freed
 
 

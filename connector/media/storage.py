@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -66,6 +67,19 @@ class LocalStorage:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def remove_partial(self, older_than: float) -> int:
+        """Delete temp files a killed writer left behind (older than ``older_than`` seconds)."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for p in self.root.rglob(".incoming-*"):
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     def delete(self, key: str) -> bool:
         try:
