@@ -146,19 +146,26 @@ def _safe_url(engine) -> str:
 
 @main.command()
 @config_option
-def check(config_path):
+@click.option("--crm", default=None, type=click.Choice(["hubspot", "salesforce"]),
+              help="With --mapping: which CRM the file is for.")
+@click.option("--mapping", "mapping_path", default=None, metavar="FILE",
+              help="Check this mapping file (a draft, or one for a CRM that is off) instead of the config's.")
+def check(config_path, crm, mapping_path):
     """Validate the config file and the mapping files it names.
 
     Mapping errors print as FILE:LINE:COLUMN: message (with a hint where one helps).
     """
-    from .mapping import MappingError
-    from .pipeline.writers import load_mapping
+    from .mapping import Mapping, MappingError
 
     cfg = _load(config_path)
+    if mapping_path and not crm:
+        raise click.UsageError("--mapping needs --crm hubspot or --crm salesforce")
+    files = ([(crm, mapping_path)] if mapping_path else
+             [(name, cfg.resolve(getattr(cfg, name).mapping)) for name in ([crm] if crm else cfg.targets())])
     errors: list[str] = []
-    for name in cfg.targets():
+    for name, path in files:
         try:
-            mapping = load_mapping(cfg, name)
+            mapping = Mapping.load(path, name, cfg.time_zone)
         except MappingError as exc:
             errors.extend(exc.errors)
             for w in exc.warnings:

@@ -177,3 +177,18 @@ def test_check_command_prints_every_error_and_fails(tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == f"{cfg}: OK (targets: hubspot, salesforce)"
+
+
+def test_check_a_draft_mapping_for_one_crm(tmp_path):
+    draft = tmp_path / "draft.yaml"
+    draft.write_text("object: Task\nentries:\n  inbound:\n    Subject: \"{{ message.txt }}\"\n  outbound: {}\n  status: {}\n")
+    cfg = ROOT / "config.example.yaml"
+    run = subprocess.run([sys.executable, "-m", "connector.cli", "check", "--config", str(cfg),
+                          "--crm", "salesforce", "--mapping", str(draft)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        f"{draft}:4:26: unknown variable `message.txt`; did you mean `message.text`?",
+        "1 error(s) in mapping files"]
+    run = subprocess.run([sys.executable, "-m", "connector.cli", "check", "--config", str(cfg),
+                          "--mapping", str(draft)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 2 and "--mapping needs --crm hubspot or --crm salesforce" in run.stderr

@@ -106,3 +106,17 @@ def test_repetition_is_capped(tmp_path):
     with pytest.raises(Exception) as info:
         Mapping.load(path, "salesforce")
     assert "result too long (over 100000 items)" in str(info.value)
+
+
+def test_salesforce_render_cuts_declared_custom_fields(tmp_path, make_runtime):
+    from connector.crm.base import DeliveryContext
+    from connector.crm.salesforce import TRUNCATED, render
+
+    m = load(tmp_path, "salesforce", "object: MMS_Message__c\nwho_field: Contact__c\n"
+             "custom_fields:\n  Body__c: {type: text, max_length: 20}\n"
+             "entries:\n  inbound:\n    Body__c: \"{{ message.text }}\"\n  outbound: {}\n  status: {}\n")
+    rt = make_runtime()
+    req = render(EVENT, DeliveryContext(store=rt.store, config=rt.config, media=[]), "create", m)
+    assert req["path"].endswith("/sobjects/MMS_Message__c/")
+    assert req["body"]["Body__c"] == "<script" + TRUNCATED  # 20 characters: the declared max_length
+    assert req["body"]["Contact__c"] == "{who_id}"

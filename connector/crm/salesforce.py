@@ -71,7 +71,7 @@ def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: M
     cfg = ctx.config.salesforce
     sobject = mapping.object or "Task"
     fields = fit_limits(mapping.render(entry_kind(event, operation), template_context(event, ctx)),
-                        cfg.field_limits)
+                        {**mapping.limits, **cfg.field_limits})  # config overrides the mapping's lengths
     if operation == "create":
         field = link_field(mapping, record_type)
         if field:

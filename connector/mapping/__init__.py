@@ -80,6 +80,12 @@ class Mapping:
     def load(cls, path: str | Path, crm: str, time_zone: str = "UTC") -> "Mapping":
         return _Loader(Path(path), crm, time_zone).load()
 
+    @property
+    def limits(self) -> dict[str, int]:
+        """Max length of each mapped text field the connector knows or the file declares."""
+        return {name: fm.spec.max_length for fms in self.entries.values() for name, fm in fms.items()
+                if fm.spec is not None and fm.spec.max_length and fm.spec.type != F.HTML}
+
     def render(self, kind: str, ctx: dict) -> dict[str, Any]:
         """The CRM field values for one message; raises RenderError naming the field."""
         out: dict[str, Any] = {}
