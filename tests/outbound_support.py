@@ -26,7 +26,7 @@ ORG = "00D5e000000AbCdEAF"
 def outbound_sections(httpserver, **overrides) -> dict:
     sections = {
         "aircall": {"api_base_url": httpserver.url_for("/v1"), "api_id": "ac-id", "api_token": "ac-token",
-                    "send_read_timeout": 0.5, "send_max_wait": 0.05, "send_max_attempts": 3},
+                    "send_read_timeout": 10, "send_max_wait": 0.05, "send_max_attempts": 3},
         "fetch": {"allow_http": True, "allow_networks": ["127.0.0.0/8"], "read_timeout": 1},
         "outbound": {"lines": [{"number": LINE, "id": int(LINE_ID)},
                                {"number": "+14155550111", "id": 9, "mms": False}],
