@@ -137,3 +137,13 @@ def test_no_secret_configured_is_503(ort):
     from connector.web import create_app
     r = create_app(rt.config, rt).test_client().post("/outbound/hubspot", json=action_body())
     assert r.status_code == 503
+
+
+@pytest.mark.parametrize("header", ["X-HubSpot-Signature-v3", "X-HubSpot-Signature"])
+def test_a_signature_with_non_ascii_characters_is_refused_not_a_500(oclient, ort, header):
+    raw = json.dumps(action_body()).encode()
+    headers = v3_headers(raw) if header.endswith("v3") else v2_headers(raw)
+    headers[header] = "sign\u00e9"  # an HTTP header may carry any latin-1 byte
+    r = oclient.post("/outbound/hubspot", data=raw, headers=headers)
+    assert r.status_code == 401 and r.json["error"] == f"{header} does not match"
+    assert outbox_rows(ort) == []

@@ -24,6 +24,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from ..fetch import FetchPolicy
 from ..outbox import OUT_REJECTED, Outbox, OutboundMessage, request_hash
 from ..pipeline.outbound import prepare, split_media
+from ..secrets import same_secret
 
 bp = Blueprint("outbound", __name__)
 log = logging.getLogger("connector.outbound")
@@ -188,14 +189,14 @@ def verify_hubspot(secret: str, max_age: int, body: str) -> str | None:
         if abs(age) > max_age:
             return f"request timestamp is more than {max_age} seconds old"
         expected = Signature.get_signature(secret, body, "v3", _v3_uri(uri), request.method, ts)
-        return None if hmac.compare_digest(expected, v3) else "X-HubSpot-Signature-v3 does not match"
+        return None if same_secret(v3, expected) else "X-HubSpot-Signature-v3 does not match"
     v2 = request.headers.get("X-HubSpot-Signature")
     version = request.headers.get("X-HubSpot-Signature-Version", "v2").lower()
     if v2:
         if version != "v2":
             return f"signature version {version} is not accepted (v2 or v3)"
         expected = Signature.get_signature(secret, body, "v2", uri, request.method)
-        return None if hmac.compare_digest(expected, v2) else "X-HubSpot-Signature does not match"
+        return None if same_secret(v2, expected) else "X-HubSpot-Signature does not match"
     return "request is not signed (X-HubSpot-Signature-v3 or X-HubSpot-Signature)"
 
 
