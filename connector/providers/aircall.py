@@ -7,7 +7,6 @@ so a token can be rotated.
 """
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from ..events import (
@@ -15,6 +14,7 @@ from ..events import (
     Media, MessageEvent, parse_timestamp,
 )
 from ..phones import to_e164
+from ..secrets import any_secret_matches
 
 NAME = "aircall"
 
@@ -57,11 +57,7 @@ def token_matches(body: Any, tokens: list[str]) -> bool:
     supplied = body.get("token") if isinstance(body, dict) else None
     if not isinstance(supplied, str) or not supplied:
         return False
-    given = supplied.encode()
-    ok = False
-    for t in tokens:  # check every token: timing does not reveal which one matched
-        ok |= hmac.compare_digest(given, t.encode())
-    return ok
+    return any_secret_matches(supplied, tokens)
 
 
 def _field(obj: dict, key: str, path: str, types: tuple, required: bool = True) -> Any:

@@ -24,7 +24,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from ..fetch import FetchPolicy
 from ..outbox import OUT_REJECTED, Outbox, OutboundMessage, request_hash
 from ..pipeline.outbound import prepare, split_media
-from ..secrets import same_secret
+from ..secrets import any_secret_matches, same_secret
 
 bp = Blueprint("outbound", __name__)
 log = logging.getLogger("connector.outbound")
@@ -62,13 +62,6 @@ def _submit(source: str, idem_key: str, fields: dict, check_bytes: bool, body_ha
     return row, created
 
 
-def _any_token_matches(given: str, tokens: list[str]) -> bool:
-    ok = False
-    for t in tokens:  # all of them: timing does not say which one matched
-        ok |= hmac.compare_digest(given.encode(), t.encode())
-    return ok and bool(given)
-
-
 # -- REST ---------------------------------------------------------------------------------
 
 def _api_answer(row: OutboundMessage, replayed: bool):
@@ -91,7 +84,7 @@ def _api_auth():
         return _error(503, "the messages API is not enabled (set outbound.api_tokens)")
     auth = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
-    if scheme.lower() != "bearer" or not _any_token_matches(token.strip(), tokens):
+    if scheme.lower() != "bearer" or not any_secret_matches(token.strip(), tokens):
         return _error(401, "missing or invalid bearer token")
     return None
 
@@ -284,7 +277,7 @@ def salesforce_outbound():
     sf = cfg.outbound.salesforce
     if not sf.organization_ids:
         return _soap_fault(503, "Salesforce Outbound Messages are not enabled (outbound.salesforce.organization_ids)")
-    if sf.token and not _any_token_matches(request.args.get("token", ""), [sf.token]):
+    if sf.token and not any_secret_matches(request.args.get("token", ""), [sf.token]):
         return _soap_fault(401, "missing or invalid token in the endpoint URL")
     try:
         root = fromstring(request.get_data(cache=True), forbid_dtd=True)
