@@ -29,8 +29,6 @@ def build_writers(config: Config) -> dict[str, Writer]:
         if section.mode == "dry-run":
             renderer, object_type = RENDERERS[name]
             writers[name] = DryRunWriter(name, mapping().object or object_type, renderer, mapping)
-        elif name in LIVE_WRITERS:
+        else:  # live: every CRM config accepts has a live writer
             writers[name] = LIVE_WRITERS[name](config, mapping)
-        else:
-            raise NotImplementedError(f"{name}.mode: live mode is not available yet")
     return writers
