@@ -152,3 +152,22 @@ def test_unknown_route_and_method_are_json(client):
     assert client.get("/webhooks/aircall").status_code == 405
     resp = client.get("/nope")
     assert resp.status_code == 404 and resp.is_json
+
+
+@pytest.mark.parametrize("key", ["raw_digits", "external_number"])
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_an_overlong_unparseable_external_number_is_400_on_every_store(make_runtime, request, store, key):
+    # Unparseable numbers are kept as sent; PostgreSQL enforces the column's 40 characters,
+    # so an overlong one must be refused here, not fail the insert with a 500.
+    from connector.web import create_app
+    rt = make_runtime(store={"url": request.getfixturevalue("pg_url")}) if store == "postgresql" \
+        else make_runtime()
+    rt.store.create_schema()
+    payload = aircall_payload("sms_received")
+    payload["data"].pop("external_number", None)
+    payload["data"][key] = "not a phone number " * 3
+    resp = post(create_app(rt.config, rt).test_client(), payload)
+    assert resp.status_code == 400
+    assert resp.get_json() == {"error": f"data.{key}: must be a phone number of at most 40 characters",
+                               "field": f"data.{key}"}
+    assert count(rt) == 0

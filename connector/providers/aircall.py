@@ -17,6 +17,7 @@ from ..phones import to_e164
 from ..secrets import any_secret_matches
 
 NAME = "aircall"
+MAX_EXTERNAL = 40  # store.inbox.external
 
 HANDLED_EVENTS = {
     "message.received": "message.received",
@@ -144,12 +145,16 @@ def parse(body: Any) -> MessageEvent:
     line_country = _field(number, "country", "data.number.country", (str,), False) or ""
     line_name = _field(number, "name", "data.number.name", (str,), False) or ""
     region = line_country.upper() if len(line_country) == 2 else "US"
-    ext_raw = _field(data, "external_number", "data.external_number", (str,), False)
+    ext_key = "external_number"
+    ext_raw = _field(data, ext_key, "data.external_number", (str,), False)
     if not ext_raw:
-        ext_raw = _field(data, "raw_digits", "data.raw_digits", (str,), False) or ""
+        ext_key = "raw_digits"
+        ext_raw = _field(data, ext_key, "data.raw_digits", (str,), False) or ""
     external = to_e164(ext_raw, region) or ext_raw.strip()
     if not external:
         raise PayloadError("data.raw_digits", "is required (the external party's number)")
+    if len(external) > MAX_EXTERNAL:  # kept as sent when unparseable: it must fit the inbox column
+        raise PayloadError(f"data.{ext_key}", f"must be a phone number of at most {MAX_EXTERNAL} characters")
     line = to_e164(line_digits, region) or line_digits.strip()
 
     media = _media(data)
