@@ -17,6 +17,22 @@ import time
 log = logging.getLogger("connector.ratelimit")
 
 
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date);
+    None when absent or unreadable, so a bad header never means "wait forever"."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
 class TokenBucket:
     """``rate`` tokens per ``per`` seconds, bursts up to ``capacity``."""
 

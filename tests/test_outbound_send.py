@@ -66,6 +66,17 @@ def test_429_is_retried_and_sent_exactly_once(oclient, ort, httpserver):
     httpserver.check_assertions()
 
 
+def test_429_with_an_unreadable_retry_after_does_not_hold_sends_forever(oclient, ort, httpserver):
+    queue(oclient)
+    expect_send(httpserver, {"error": "Too many requests"}, status=429, headers={"Retry-After": "inf"})
+    ort.outbound.run_once()
+    row = only_row(ort)
+    assert row.state == OUT_QUEUED and len(send_requests(httpserver)) == 1
+    in_an_hour = time.time() + 3600
+    assert ort.outbound.client.blocked_until < in_an_hour
+    assert [m.id for m in Outbox(ort.store).claim("later", 60, now=in_an_hour)] == [row.id]
+
+
 def test_429_with_a_long_reset_parks_the_send_without_waiting(oclient, ort, httpserver):
     queue(oclient)
     reset = int(time.time()) + 60

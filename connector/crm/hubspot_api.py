@@ -30,7 +30,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from urllib3.util.retry import Retry
 
 from ..config import HubSpotConfig
-from ..ratelimit import TokenBucket
+from ..ratelimit import TokenBucket, retry_after_seconds
 from .base import PermanentError, RateLimited, TransientError
 
 TOKEN_REFRESH_MARGIN = 120  # seconds before expiry a token is refreshed
@@ -211,8 +211,4 @@ class HubSpotApi:
 
 def _retry_after(exc: Any) -> float | None:
     headers = getattr(exc, "headers", None) or {}
-    value = headers.get("Retry-After") if hasattr(headers, "get") else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+    return retry_after_seconds(headers.get("Retry-After") if hasattr(headers, "get") else None)

@@ -14,6 +14,7 @@ from ..events import (
     Media, MessageEvent, parse_timestamp,
 )
 from ..phones import to_e164
+from ..ratelimit import retry_after_seconds
 from ..secrets import any_secret_matches
 
 NAME = "aircall"
@@ -328,15 +329,8 @@ def _reset_at(value: str | None, now: float) -> float | None:
 
 
 def _retry_after(resp, now: float) -> float | None:
-    ra = resp.headers.get("Retry-After")
+    ra = retry_after_seconds(resp.headers.get("Retry-After"), now)
     if ra is not None:
-        try:
-            return max(0.0, float(ra))
-        except ValueError:
-            from email.utils import parsedate_to_datetime
-            try:
-                return max(0.0, parsedate_to_datetime(ra).timestamp() - now)
-            except (TypeError, ValueError):
-                pass
+        return ra
     reset = _reset_at(resp.headers.get("X-AircallApi-Reset"), now)
     return max(0.0, reset - now) if reset else None
