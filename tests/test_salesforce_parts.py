@@ -41,6 +41,12 @@ def test_sosl_term_is_digits_for_each_number():
     assert q.startswith("FIND {4155550142 OR 7911123456} IN PHONE FIELDS RETURNING Contact(")
 
 
+def test_sosl_term_keeps_the_leading_zero_of_an_italian_number():
+    # Reps in Italy type "06 1234 5678": the zero is part of the national number.
+    q = build_sosl(["+390612345678"], ["Contact"])
+    assert q.startswith("FIND {0612345678} IN PHONE FIELDS")
+
+
 def test_hostile_phone_never_reaches_the_query(make_runtime, rsps):
     rt = make_runtime(salesforce=live(), hubspot={"mode": "off"})
     writer = rt.pipeline.writers["salesforce"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import phonenumbers
 from simple_salesforce.format import format_soql
 
 from .. import phones
@@ -44,10 +43,7 @@ def escape_sosl(term: str) -> str:
 
 def search_digits(e164: str) -> str:
     """The national significant number's digits: how reps usually type a phone."""
-    try:
-        return str(phonenumbers.parse(e164, None).national_number)
-    except phonenumbers.NumberParseException:
-        return phones.digits(e164)
+    return phones.national_digits(e164)
 
 
 def returning_clause(objects: list[str]) -> str:
