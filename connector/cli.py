@@ -200,7 +200,7 @@ def preview(config_path, crm, mapping_path, operation, event_file):
     from .mapping import Mapping, MappingError
     from .pipeline.writers import RENDERERS
     from .providers import aircall
-    from .render import default_media_views
+    from .render import preview_media_views
 
     cfg = _load(config_path)
     try:
@@ -231,7 +231,8 @@ def preview(config_path, crm, mapping_path, operation, event_file):
     if operation == "auto":
         operation = "update" if event.kind == KIND_STATUS else "create"
     renderer, _ = RENDERERS[crm]
-    ctx = DeliveryContext(store=None, config=cfg, media=default_media_views(event))
+    views, download_all = preview_media_views(event, cfg.server.public_base_url)
+    ctx = DeliveryContext(store=None, config=cfg, media=views, download_all_link=download_all)
     try:
         requests = renderer(event, ctx, operation, mapping)
     except MappingError as exc:

@@ -53,6 +53,19 @@ def default_media_views(event: MessageEvent) -> list[MediaView]:
     return views
 
 
+def preview_media_views(event: MessageEvent, public_base_url: str) -> tuple[list[MediaView], str]:
+    """For `preview`: the links live entries carry, with placeholders for the signed tokens.
+
+    Media is not fetched, so support is judged by the declared type and sizes are unknown.
+    """
+    base = public_base_url.rstrip("/")
+    views = default_media_views(event)
+    for i, v in enumerate(views):
+        v.link = f"{base}/media/{{media_token_{i}}}" if v.supported else ""
+    offered = any(v.supported for v in views)
+    return views, f"{base}/media/{{media_token_all}}" if offered else ""
+
+
 def build_context(event: MessageEvent, media: list[MediaView], *, download_all_link: str = "",
                   record: dict | None = None, time_zone: str = "UTC") -> dict:
     tz = ZoneInfo(time_zone)

@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from connector.cli import main
+from connector.render import preview_media_views
 from connector.web import create_app
 from conftest import FIXTURES, ROOT, aircall_payload, base_config
 
@@ -31,6 +32,8 @@ def preview(config_file, *args):
 @pytest.mark.parametrize("crm", ["hubspot", "salesforce"])
 def test_preview_equals_what_the_dry_run_writer_records(tmp_path, config_file, make_runtime, crm):
     rt = make_runtime()
+    # Same media views as preview (which does not fetch): the rest must match exactly.
+    rt.pipeline.media = lambda ev, _d: preview_media_views(ev, rt.config.server.public_base_url)
     client = create_app(rt.config, rt).test_client()
     worker = rt.worker()
     recorded = {}
@@ -53,6 +56,17 @@ def test_preview_hubspot_shows_the_placeholder_and_escaped_body(config_file):
     props = request["body"]["properties"]
     assert props["hs_timestamp"] == "1795187044000"
     assert "<p>Photos of the damage &lt;b&gt;attached&lt;/b&gt; &amp; a quote</p>" in props["hs_communication_body"]
+
+
+def test_preview_links_have_the_shape_of_signed_media_links(config_file):
+    run = preview(config_file, "--crm", "salesforce", str(FIXTURES / "aircall" / "mms_received.json"))
+    [request] = json.loads(run.output)
+    desc = request["body"]["Description"]
+    assert "- front.jpg: http://127.0.0.1:8080/media/{media_token_0}" in desc
+    assert "- quote.pdf: http://127.0.0.1:8080/media/{media_token_3}" in desc
+    assert "- clip.mp4: cannot be received" in desc
+    assert "Download all: http://127.0.0.1:8080/media/{media_token_all}" in desc
+    assert "media.aircall.example" not in desc
 
 
 def test_preview_status_event_updates_and_operation_can_be_forced(config_file):

@@ -235,6 +235,9 @@ def test_preview_command_prints_the_request_live_mode_sends(live, hub, tmp_path)
     from tests.conftest import aircall_payload
     cid = hub.add_contact(phone="+14155550142")
     rt = live(owner_id="42")
+    # The media views preview shows (it fetches nothing); everything else must be identical.
+    from connector.render import preview_media_views
+    rt.pipeline.media = lambda ev, _d: preview_media_views(ev, rt.config.server.public_base_url)
     post(rt, "mms_received")
     run(rt)
     [create] = hub.calls("POST", "/crm/v3/objects/communications")
