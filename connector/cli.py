@@ -36,7 +36,7 @@ def main() -> None:
 @click.option("--no-worker", is_flag=True, help="Serve webhooks only; run workers separately.")
 def serve(config_path, host, port, no_worker):
     """Run the web app and (unless --no-worker) a worker in one process."""
-    from waitress import serve as waitress_serve
+    from waitress import create_server
 
     from .runtime import Runtime, setup_logging
     from .web import create_app
@@ -45,6 +45,17 @@ def serve(config_path, host, port, no_worker):
     setup_logging(cfg)
     rt = Runtime(cfg)
     app = create_app(cfg, rt)
+    host = host or cfg.server.host
+    port = port or cfg.server.port
+    try:
+        # outbuf_high_watermark: a streamed response (a "Download all" zip) is buffered at most
+        # 1 MB ahead of the client per connection, not waitress's default 16 MB.
+        server = create_server(app, host=host, port=port, threads=cfg.server.threads,
+                               ident="mms-connector", outbuf_high_watermark=1024 * 1024)
+    except OSError as exc:
+        click.echo(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                   "(another process may be using it; pick another with --port or server.port)", err=True)
+        sys.exit(1)
     worker = None
     if not no_worker:
         # Worker threads share the GIL with request threads: hand it over more often so a
@@ -52,15 +63,10 @@ def serve(config_path, host, port, no_worker):
         sys.setswitchinterval(0.0005)
         worker = rt.worker()
         worker.start()
-    host = host or cfg.server.host
-    port = port or cfg.server.port
     click.echo(f"mms-connector listening on http://{host}:{port} (config {cfg.source}, "
                f"targets: {', '.join(f'{t}={getattr(cfg, t).mode}' for t in cfg.targets()) or 'none'})")
     try:
-        # outbuf_high_watermark: a streamed response (a "Download all" zip) is buffered at most
-        # 1 MB ahead of the client per connection, not waitress's default 16 MB.
-        waitress_serve(app, host=host, port=port, threads=cfg.server.threads, ident="mms-connector",
-                       outbuf_high_watermark=1024 * 1024, _quiet=True)
+        server.run()
     finally:
         if worker:
             worker.stop()

@@ -136,3 +136,27 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
     r = cli("check", "--config", "nope.yaml", cwd=tmp_path, env=env_with_token())
     assert r.returncode == 2
     assert "nope.yaml: cannot read config file (No such file or directory)" in r.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_without_a_traceback(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = write_config(tmp_path, port)
+        r = cli("serve", "--config", str(config), cwd=tmp_path, env=env_with_token())
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
+    assert "--port" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert "listening on" not in r.stdout
+
+
+def test_serve_start_up_log_has_no_alembic_plugin_lines(tmp_path):
+    port = free_port()
+    config = write_config(tmp_path, port)
+    proc = start_serve(config, port)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=20)[0].decode()
+    assert "Running upgrade" in out  # the migration lines stay
+    assert "setup plugin" not in out

@@ -11,15 +11,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+# Alembic logs each plugin it loads at INFO while it is imported; keep "Running upgrade ..."
+# lines only (set before the import, or the lines are already out).
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.config import Config as AlembicConfig  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# Alembic logs each plugin it loads at INFO; keep "Running upgrade ..." lines only.
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 # Serializes schema upgrades across processes starting at once (PostgreSQL advisory lock id).
 UPGRADE_LOCK_ID = 7261002
 
