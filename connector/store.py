@@ -327,6 +327,14 @@ class Store:
                                         provider=r.provider))
         return claimed
 
+    def holds_lease(self, d: Delivery, now: float | None = None) -> bool:
+        """True while ``d``'s claimer still holds its lease (nobody else can have taken it)."""
+        now = now or time.time()
+        with self.read() as conn:
+            row = conn.execute(select(deliveries.c.lease_owner, deliveries.c.lease_until)
+                               .where(deliveries.c.id == d.id)).one_or_none()
+        return row is not None and row.lease_owner == d.lease_owner and (row.lease_until or 0) > now
+
     def finish(self, d: Delivery, state: str, **outcome) -> bool:
         """Record a delivery's outcome; False if the lease was lost meanwhile.
         ``outcome``: rendered, result, error, next_at, count_attempt (see _finish_stmt)."""

@@ -185,3 +185,25 @@ def test_events_json_lists_each_event_newest_first(runtime):
         assert set(r) >= {"message_id", "event", "direction", "status", "received_at", "targets"}
         assert set(r["targets"]) == {"hubspot", "salesforce"}
     json.dumps(rows)
+
+
+def test_a_worker_that_outlived_its_lease_does_not_write_what_another_worker_took_over(make_runtime):
+    # Media fetching can outlast the lease; by then another worker may own the delivery.
+    # The slow worker must not call the CRM as well: that would be a second entry.
+    w = FlakyWriter([])
+    rt = only_hubspot(make_runtime, w)
+    ingest(rt, "sms_received")
+    [slow] = rt.store.claim("slow-worker", lease_seconds=60)
+    later = time.time() + 61
+    real_media = rt.pipeline.media
+
+    def slow_media(event, d):
+        rt.pipeline.media = real_media
+        [taken] = rt.store.claim("other-worker", lease_seconds=60, now=later)  # the lease ran out
+        rt.pipeline.process(taken)
+        return real_media(event, d)
+
+    rt.pipeline.media = slow_media
+    rt.pipeline.process(slow)
+    assert w.calls == 1  # only the worker that held the lease wrote
+    assert state_of(rt).state == "delivered" and state_of(rt).attempts == 1

@@ -68,11 +68,21 @@ class Pipeline:
         return event, writer, DeliveryContext(store=self.store, config=self.config, media=views,
                                               download_all_link=download_all)
 
+    @staticmethod
+    def _lost(d: Delivery) -> str:
+        # Preparing (media) outlasted the lease: another worker may own this delivery now,
+        # and two writers would make two CRM entries. Leave it to the lease holder.
+        log.warning("delivery %s message %s %s: lease lost before the CRM call; not written",
+                    d.id, d.message_id, d.target)
+        return "lost"
+
     def process(self, d: Delivery) -> str:
         """Deliver one delivery with ``writer.deliver`` and record its outcome."""
         prepared = self._prepare(d)
         if isinstance(prepared, BaseException):
             return self.record(d, prepared)
+        if not self.store.holds_lease(d):
+            return self._lost(d)
         event, writer, ctx = prepared
         try:
             result = writer.deliver(event, ctx)
@@ -90,6 +100,8 @@ class Pipeline:
             prepared = self._prepare(d)
             if isinstance(prepared, BaseException):
                 states[i] = self.record(d, prepared)
+            elif not self.store.holds_lease(d):
+                states[i] = self._lost(d)
             else:
                 items.append(prepared)
                 where.append(i)
