@@ -27,6 +27,7 @@ COUNTRY = ("MMS is available only for numbers in {countries}, so the recipient m
 LINE_COUNTRY = "MMS is available only for numbers in {countries}; the line {line} is not one of them"
 LINE_NOT_MMS = "The line {line} is not MMS capable. Choose a phone number with the SMS MMS badge"
 LINE_UNKNOWN = "The line {line} is not set up for sending (outbound.lines)"
+LINE_MISSING = "No line to send from: name one of outbound.lines, or set outbound.default_line"
 BAD_RECIPIENT = "The recipient {to} is not a valid phone number"
 TEXT_TOO_LONG = "The text is longer than {n} characters"
 NOTHING_TO_SEND = "Nothing to send: add text or at least one valid attachment"
@@ -179,7 +180,7 @@ def message_errors(cfg: OutboundConfig, line: str, to: str, text: str, has_media
     errors = []
     ln = cfg.line(line)
     if ln is None:
-        errors.append(LINE_UNKNOWN.format(line=line or "(none)"))
+        errors.append(LINE_UNKNOWN.format(line=line) if line else LINE_MISSING)
     recipient = recipient_e164(to, line)
     if recipient is None:
         errors.append(BAD_RECIPIENT.format(to=to or "(none)"))

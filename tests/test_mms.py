@@ -103,6 +103,8 @@ def test_australian_line_and_recipient():
 def test_unknown_line_bad_recipient_long_text_nothing_to_send():
     assert validate(CFG, "+14155559999", TO, "x", []).errors == [
         "The line +14155559999 is not set up for sending (outbound.lines)"]
+    assert validate(CFG, "", TO, "x", []).errors == [
+        "No line to send from: name one of outbound.lines, or set outbound.default_line"]
     assert validate(CFG, LINE, "12", "x", []).errors == ["The recipient 12 is not a valid phone number"]
     assert validate(CFG, LINE, TO, "x" * 1601, []).errors == ["The text is longer than 1600 characters"]
     assert validate(CFG, LINE, TO, "  ", []).errors == ["Nothing to send: add text or at least one valid attachment"]
