@@ -85,7 +85,9 @@ def send(config_path, line, to, text, attachments, policy, validate_only, queue_
         while time.time() < deadline:
             rt.outbound.run_once()
             row = box.get(row.id)
-            if row.state not in (OUT_QUEUED, OUT_SENDING):
+            # Done, or parked after Aircall surely refused it (429, 503, no connection): the
+            # workers retry it when it is due; waiting here would only hold the terminal.
+            if row.state not in (OUT_QUEUED, OUT_SENDING) or (row.state == OUT_QUEUED and row.error):
                 break
             time.sleep(0.5)
     result.update(row.to_dict())
@@ -103,6 +105,9 @@ def _finish(result: dict, as_json: bool, ok: bool) -> None:
             extra = f", Aircall message {result['provider_message_id']}" if result.get("provider_message_id") else ""
             err = f": {result['error']}" if result.get("error") else ""
             click.echo(f"{result['id']}: {result['state']}{extra}{err}")
+            if result["state"] == "queued" and result.get("error"):
+                click.echo("  not sent yet: a worker (serve or mms-connector worker) retries it; "
+                           "see mms-connector outbox list")
     sys.exit(0 if ok else 1)
 
 

@@ -81,3 +81,15 @@ def test_unknown_send_resolved_by_the_operator(tmp_path, httpserver):
     ok = run(tmp_path, httpserver, "outbox", "resolve", "out_1", "--sent", "--aircall-id", "SMx")
     assert ok.returncode == 0 and ok.stdout.strip() == "out_1: sent"
     assert len(send_requests(httpserver)) == 1
+
+
+def test_send_that_aircall_refuses_for_now_returns_at_once_queued_for_the_workers(tmp_path, httpserver):
+    for _ in range(3):  # send_max_attempts: every try answered 503 (surely not accepted)
+        expect_send(httpserver, {"error": "busy"}, status=503)
+    r = run(tmp_path, httpserver, "send", "--to", TO, "--text", "hi")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert lines[-2].startswith("out_1: queued: ")
+    assert lines[-1] == ("  not sent yet: a worker (serve or mms-connector worker) retries it; "
+                         "see mms-connector outbox list")
+    assert len(send_requests(httpserver)) == 3
