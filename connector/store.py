@@ -327,6 +327,18 @@ class Store:
                                         provider=r.provider))
         return claimed
 
+    def renew_leases(self, ds: list[Delivery], lease_seconds: float, now: float | None = None) -> int:
+        """Extend the leases this claimer still holds (nobody swept or took them over)."""
+        if not ds:
+            return 0
+        now = now or time.time()
+        with self.write() as conn:
+            res = conn.execute(update(deliveries).where(
+                deliveries.c.id.in_([d.id for d in ds]),
+                deliveries.c.lease_owner == ds[0].lease_owner,
+                deliveries.c.state.in_(OPEN_STATES)).values(lease_until=now + lease_seconds))
+        return res.rowcount
+
     def holds_lease(self, d: Delivery, now: float | None = None) -> bool:
         """True while ``d``'s claimer still holds its lease (nobody else can have taken it)."""
         now = now or time.time()

@@ -160,3 +160,27 @@ def test_an_item_whose_lease_was_lost_keeps_the_new_owners_state(make_runtime):
     states = _states(rt)
     assert states["m1"]["hubspot"] == ("pending", 0, None)  # untouched: the other worker owns it
     assert states["m2"]["hubspot"] == ("delivered", 1, None)
+
+
+def test_a_batch_slower_to_prepare_than_one_lease_keeps_its_leases(make_runtime):
+    """Media for a whole batch can take longer than a lease: the worker renews the batch's
+    leases while preparing, so the batch is written (once) instead of being lost forever."""
+    import time
+
+    from connector.render import default_media_views
+
+    writer = BatchWriter()
+    rt, client = _setup(make_runtime, writer, size=6)
+    rt.config.worker.lease_seconds = 0.6  # validated >= 5 in files; tiny here to keep the test fast
+
+    def slow_media(event, _d):
+        time.sleep(0.25)  # 6 items: 1.5 s of preparing, more than two leases
+        return default_media_views(event), ""
+    rt.pipeline.media = slow_media
+    for i in range(1, 7):
+        _post(client, f"m{i}")
+
+    rt.worker().run_once()
+
+    assert writer.calls == [["m1", "m2", "m3", "m4", "m5", "m6"]]
+    assert {m: s["hubspot"][0] for m, s in _states(rt).items()} == {f"m{i}": "delivered" for i in range(1, 7)}

@@ -96,7 +96,14 @@ class Pipeline:
         dead-letters alone."""
         states: list[str | None] = [None] * len(batch)
         items, where = [], []
+        lease = self.config.worker.lease_seconds
+        renewed = time.monotonic()
         for i, d in enumerate(batch):
+            if time.monotonic() - renewed > lease / 3:
+                # Preparing a whole batch (media fetches) can take longer than one lease:
+                # keep the batch's leases alive while we work, or nobody ever writes it.
+                self.store.renew_leases(batch[i:], lease)
+                renewed = time.monotonic()
             prepared = self._prepare(d)
             if isinstance(prepared, BaseException):
                 states[i] = self.record(d, prepared)
