@@ -425,3 +425,15 @@ def test_purge_removes_partial_files_left_by_a_killed_writer(env, provider, tmp_
     rt.media.purge()
     assert not stale.exists() and fresh.exists()
     assert client.get(path_of(rt.media.views("SMpart")[0][0].link)).status_code == 200
+
+
+def test_unsupported_declared_type_that_cannot_be_fetched_shows_the_format_alert(env, provider):
+    rt, client = env()
+    targets = receive(rt, client, provider, message_id="SMgonevideo",
+                      items=[("/m/front.png", "front.png", "image/png"),
+                             ("/m/gone.png?v=1", "clip.mov", "video/quicktime")])
+    body = body_of(targets["hubspot"])
+    assert UNSUPPORTED in body  # "Some media cannot be received due to unsupported format."
+    assert "unavailable due to an error" not in body
+    [row] = [r for r in rt.store.media_rows("SMgonevideo") if r["name"] == "clip.mov"]
+    assert row["state"] == "unsupported" and row["reason"] == "unsupported format (video/quicktime)"

@@ -21,6 +21,7 @@ from ..config import CarrierProfile
 from ..crm.base import RateLimited
 from ..events import Media
 from ..fetch import FetchError, FetchPolicy, fetch
+from ..render import SUPPORTED_TYPES
 from ..store import (MEDIA_AVAILABLE, MEDIA_FETCHING, MEDIA_TOO_LARGE, MEDIA_UNAVAILABLE,
                      MEDIA_UNSUPPORTED, Store, new_owner_id)
 from .names import extension
@@ -124,8 +125,13 @@ class MediaCollector:
         try:
             got = self._fetch(item.url, cap)
         except FetchError as exc:
+            declared = (item.content_type or "").split(";")[0].strip().lower()
             if exc.kind == "too_large":
                 state, reason = MEDIA_TOO_LARGE, f"too large (over {mms.format_limit(cap)})"
+            elif declared and declared not in SUPPORTED_TYPES | {"image/jpg"}:
+                # Could not be received either way: the rep is told the reason that holds
+                # whatever the bytes were (the article's unsupported-format alert).
+                state, reason = MEDIA_UNSUPPORTED, f"unsupported format ({declared})"
             else:
                 state, reason = MEDIA_UNAVAILABLE, f"unavailable: {exc}"
             log.warning("message %s attachment %d: %s", message_id, idx + 1, reason)
