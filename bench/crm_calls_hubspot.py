@@ -15,8 +15,6 @@ Other benches can ``from bench.crm_calls_hubspot import count_calls``.
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ from pytest_httpserver import HTTPServer  # noqa: E402
 
 from connector.config import load_config  # noqa: E402
 from connector.crm.base import DeliveryContext  # noqa: E402
+from bench.workload import mms_payloads  # noqa: E402
 from connector.providers import aircall  # noqa: E402
 from connector.render import default_media_views  # noqa: E402
 from connector.runtime import Runtime  # noqa: E402
@@ -39,14 +38,7 @@ FORMATS = ["(415) 555-{:04d}", "+1 415 555 {:04d}", "415555{:04d}", "+1415555{:0
 
 
 def events(n_events: int, n_contacts: int) -> list:
-    template = json.loads((ROOT / "tests/fixtures/aircall/mms_received.json").read_text())
-    out = []
-    for i in range(n_events):
-        p = copy.deepcopy(template)
-        p["data"]["id"] = f"bench{i:05d}"
-        p["data"]["raw_digits"] = f"+1 415 555 {i % n_contacts:04d}"
-        out.append(aircall.parse(p))
-    return out
+    return [aircall.parse(p) for p in mms_payloads(n_events, n_contacts)]
 
 
 def count_calls(mode: str = "batched", n_events: int = 1000, n_contacts: int = 200,

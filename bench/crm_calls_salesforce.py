@@ -14,7 +14,6 @@ Usage: python bench/crm_calls_salesforce.py [--events 1000] [--contacts 200] [--
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import re
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from connector.config import load_config  # noqa: E402
 from connector.crm.base import DeliveryContext  # noqa: E402
+from bench.workload import mms_payloads  # noqa: E402
 from connector.providers import aircall  # noqa: E402
 from connector.render import default_media_views  # noqa: E402
 from connector.runtime import Runtime  # noqa: E402
@@ -89,14 +89,7 @@ class FakeOrg:
 
 
 def events(n_events: int, n_contacts: int) -> list:
-    template = json.loads((ROOT / "tests/fixtures/aircall/mms_received.json").read_text())
-    out = []
-    for i in range(n_events):
-        p = copy.deepcopy(template)
-        p["data"]["id"] = f"bench{i:05d}"
-        p["data"]["raw_digits"] = f"+1 415 555 {i % n_contacts:04d}"
-        out.append(aircall.parse(p))
-    return out
+    return [aircall.parse(p) for p in mms_payloads(n_events, n_contacts)]
 
 
 def run(mode: str, evs: list, n_contacts: int, batch: int) -> tuple[Counter, int, int]:

@@ -14,7 +14,6 @@ with latency and a rolling-window limit added. Two set-ups:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from pytest_httpserver import HTTPServer  # noqa: E402
 
+from bench.workload import mms_payloads  # noqa: E402
 from connector.config import load_config  # noqa: E402
 from connector.providers import aircall  # noqa: E402
 from connector.runtime import Runtime  # noqa: E402
@@ -72,16 +72,11 @@ class LimitedHubSpot(FakeHubSpot):
 
 
 def payloads(n_events: int, n_contacts: int) -> list[dict]:
-    template = json.loads((ROOT / "tests/fixtures/aircall/mms_received.json").read_text())
-    out = []
-    for i in range(n_events):
-        p = copy.deepcopy(template)
-        p["data"]["id"] = f"drain{i:05d}"
-        p["data"]["raw_digits"] = f"+1 415 555 {i % n_contacts:04d}"
+    out = mms_payloads(n_events, n_contacts, prefix="drain")
+    for p in out:
         # CRM throughput only: the fixture's media host does not exist here, and fetching
         # (bench/media_zip_memory.py measures media) would time the resolver, not the CRM.
         p["data"].pop("media_details", None)
-        out.append(p)
     return out
 
 
@@ -131,7 +126,6 @@ def embedded(n_events: int, n_contacts: int, timeout: float) -> None:
             rt = Runtime(load_config(data=config_data(f"sqlite:///{tmp}/drain.db", "", hub.url)))
             ingest_all(rt.store, payloads(n_events, n_contacts))
             worker = rt.worker()
-            t0 = time.monotonic()
             worker.start()
             try:
                 took = wait_drained(rt.store, n_events, timeout)
@@ -176,7 +170,6 @@ def scaled_out(n_events: int, n_contacts: int, timeout: float, processes: int = 
             procs = [subprocess.Popen([sys.executable, "-m", "connector.cli", "worker", "--config", str(path)],
                                       cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for _ in range(processes)]
-            t0 = time.monotonic()
             took = wait_drained(rt.store, n_events, timeout + 30)  # includes the processes' start-up
             outcome(rt.store, hub, took, f"scaled out: {processes} worker processes, PG + Redis", n_events)
             print("    (the scaled-out time includes starting the worker processes)")
