@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +19,8 @@ from sqlalchemy import (
     and_, create_engine, event, func, inspect, or_, select, text, update,
 )
 from sqlalchemy.engine import Engine
+
+from .writelock import WriteLock
 
 metadata = MetaData()
 
@@ -199,6 +200,11 @@ def make_engine(url: str, writer: bool = True) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+def _sqlite_lock_path(url: str) -> str | None:
+    path = url[len("sqlite:///"):]
+    return None if not path or path == ":memory:" else path + ".lock"
+
+
 def _insert(table: Table, dialect: str):
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -215,15 +221,15 @@ class Store:
         if self.dialect == "sqlite":
             # WAL readers never block the writer; keep them off the write lock entirely.
             self.read_engine = make_engine(url, writer=False)
-            # One writer at a time inside this process queues on a mutex, not on SQLite's
-            # busy handler, which sleeps in steps of up to 100 ms and wrecks webhook p99.
-            self._write_lock = threading.Lock()
+            # Writers queue on a mutex and a file lock, not on SQLite's busy handler.
+            self._write_lock = WriteLock(_sqlite_lock_path(url))
         else:
             self.read_engine = self.engine
             self._write_lock = contextlib.nullcontext()
         self._insert_inbox = (_insert(inbox, self.dialect)
                               .on_conflict_do_nothing(index_elements=["dedup_key"]).returning(inbox.c.id))
         self._insert_deliveries = deliveries.insert()
+        self._inbox_writer = None
 
     @contextlib.contextmanager
     def write(self):
@@ -253,13 +259,18 @@ class Store:
     # -- the webhook's one durable write -------------------------------------------
     def ingest(self, *, dedup_key: str, provider: str, message_id: str, event_name: str,
                status: str, direction: str, external: str, occurred_at: float,
-               payload: str, targets: Iterable[str], now: float | None = None) -> int | None:
-        """Store an event and its deliveries; None when it was already stored."""
-        with self.write() as conn:
-            return self._ingest(conn, dedup_key=dedup_key, provider=provider, message_id=message_id,
-                                event_name=event_name, status=status, direction=direction,
-                                external=external, occurred_at=occurred_at, payload=payload,
-                                targets=targets, now=now)
+               payload: str, targets: Iterable[str]) -> int | None:
+        """Store an event and its deliveries; None when it was already stored.
+
+        Committed before it returns, grouped with concurrent callers' events into one
+        transaction (connector/inbox_writer.py)."""
+        if self._inbox_writer is None:
+            from .inbox_writer import InboxWriter
+            self._inbox_writer = InboxWriter(self)
+        return self._inbox_writer.ingest(
+            dedup_key=dedup_key, provider=provider, message_id=message_id, event_name=event_name,
+            status=status, direction=direction, external=external, occurred_at=occurred_at,
+            payload=payload, targets=targets)
 
     def _ingest(self, conn, *, dedup_key: str, provider: str, message_id: str, event_name: str,
                 status: str, direction: str, external: str, occurred_at: float,

@@ -1,0 +1,173 @@
+"""The webhook's write under concurrency: group commit, one bad event, broken connections,
+and SQLite writers in several processes."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select, text
+
+from connector.store import Store, deliveries, inbox
+from connector.writelock import WriteLock
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = (f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    s = Store(url)
+    s.create_schema()
+    yield s
+    if s._inbox_writer is not None:
+        s._inbox_writer.close()
+    s.engine.dispose()
+
+
+def ingest(store: Store, message_id: str, provider: str | None = "aircall"):
+    return store.ingest(dedup_key=f"aircall:{message_id}:received", provider=provider,
+                        message_id=message_id, event_name="message.received", status="received",
+                        direction="inbound", external="+15550000001", occurred_at=1.0,
+                        payload=json.dumps({"id": message_id}), targets=("hubspot", "salesforce"))
+
+
+def counts(store: Store) -> tuple[int, int]:
+    with store.read() as conn:
+        return (conn.execute(select(func.count()).select_from(inbox)).scalar(),
+                conn.execute(select(func.count()).select_from(deliveries)).scalar())
+
+
+def writer(store: Store):
+    if store._inbox_writer is None:
+        ingest(store, "warm-up")  # builds the writer and its connection
+    return store._inbox_writer
+
+
+def queued_while_locked(store: Store, calls: list) -> tuple[dict, dict]:
+    """Run ``calls`` (message id, provider) in threads while the writer's lock is held,
+    release it once all are queued; (results by id, errors by id)."""
+    w = writer(store)
+    results, errors = {}, {}
+
+    def run(mid, provider):
+        try:
+            results[mid] = ingest(store, mid, provider)
+        except Exception as exc:
+            errors[mid] = exc
+
+    threads = [threading.Thread(target=run, args=c) for c in calls]
+    with w._lock:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(w._queue) < len(calls) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(w._queue) == len(calls)
+    for t in threads:
+        t.join(10)
+    return results, errors
+
+
+def test_requests_waiting_on_a_write_share_one_commit(store):
+    w = writer(store)
+    batches = []
+    real = w._commit
+    w._commit = lambda batch: (batches.append(len(batch)), real(batch))[1]
+    calls = [(f"m{i}", "aircall") for i in range(6)] + [("m0", "aircall")]  # m0 twice
+    results, errors = queued_while_locked(store, calls)
+    assert errors == {}
+    assert batches == [7]  # everything queued behind the lock went in one transaction
+    assert sorted(results) == [f"m{i}" for i in range(6)]
+    assert all(isinstance(results[f"m{i}"], int) for i in range(1, 6))
+    assert counts(store) == (1 + 6, 2 * (1 + 6))
+    assert ingest(store, "m3") is None  # a redelivery of a committed event is a duplicate
+
+
+def test_one_bad_event_fails_alone_and_the_rest_are_stored(store):
+    calls = [("good-1", "aircall"), ("bad", None), ("good-2", "aircall"), ("good-3", "aircall")]
+    results, errors = queued_while_locked(store, calls)
+    assert list(errors) == ["bad"] and "provider" in str(errors["bad"])
+    assert sorted(results) == ["good-1", "good-2", "good-3"]
+    assert all(isinstance(v, int) for v in results.values())
+    assert counts(store) == (1 + 3, 2 * (1 + 3))
+    with store.read() as conn:
+        stored = set(conn.execute(select(inbox.c.message_id)).scalars())
+    assert stored == {"warm-up", "good-1", "good-2", "good-3"}
+
+
+def test_concurrent_redeliveries_are_stored_once(store):
+    out: dict[str, list] = {}
+    lock = threading.Lock()
+
+    def run(k):
+        for i in range(30):
+            mid = f"m{i}"
+            got = ingest(store, mid)
+            with lock:
+                out.setdefault(mid, []).append(got)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for mid, got in out.items():
+        assert len(got) == 6
+        assert sum(g is not None for g in got) == 1, (mid, got)  # one "stored", five duplicates
+    assert counts(store) == (30, 60)
+
+
+def test_a_broken_connection_is_replaced_and_the_event_stored(pg_url):
+    store = Store(pg_url)
+    store.create_schema()
+    w = writer(store)
+    pid = w._conn.driver_connection.info.backend_pid
+    with store.engine.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        conn.commit()
+    time.sleep(0.2)
+    assert isinstance(ingest(store, "after-restart"), int)
+    assert w._conn.driver_connection.info.backend_pid != pid
+    assert counts(store) == (2, 4)
+    w.close()
+    store.engine.dispose()
+
+
+# -- SQLite writers in several processes -------------------------------------------------
+def _hold(path: str, entered, release, log: str) -> None:
+    with WriteLock(path):
+        entered.set()
+        release.wait(10)
+        with open(log, "a") as f:
+            f.write("child released\n")
+
+
+def test_sqlite_write_lock_queues_writers_of_other_processes(tmp_path):
+    lock_path, log = str(tmp_path / "db.lock"), str(tmp_path / "log")
+    ctx = multiprocessing.get_context("spawn")
+    entered, release = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold, args=(lock_path, entered, release, log))
+    child.start()
+    try:
+        assert entered.wait(30)
+        got = threading.Event()
+
+        def take():
+            with WriteLock(lock_path):
+                with open(log, "a") as f:
+                    f.write("parent acquired\n")
+                got.set()
+
+        t = threading.Thread(target=take)
+        t.start()
+        assert not got.wait(0.5)  # the other process holds it
+        release.set()
+        t.join(10)
+        assert got.is_set()
+        with open(log) as f:
+            assert f.read().splitlines() == ["child released", "parent acquired"]
+    finally:
+        release.set()
+        child.join(10)
