@@ -1,11 +1,12 @@
 """Group commit for the webhook's one durable write.
 
-Each webhook thread queues its event, then takes the process's ingest lock. Whoever
-holds it writes every queued event (inbox row plus one delivery row per CRM) in one
-transaction and wakes the others, whose events are then already committed. So every
-event is still committed before its 200, but under a burst N requests share one commit
-(one WAL flush on PostgreSQL, one WAL append on SQLite) instead of paying for N; a lone
-request writes at once, with no waiting for company.
+Each webhook thread queues its event; if no thread of the process is writing, it
+becomes the writer: it takes every queued event (inbox row plus one delivery row per
+CRM), writes them in one transaction and wakes the others, whose events are then
+committed; events queued meanwhile go in the next transaction, led by one of theirs.
+So every event is still committed before its 200, but under a burst N requests share
+one commit (one WAL flush on PostgreSQL, one WAL append on SQLite) instead of paying
+for N; a lone request writes at once, with no waiting for company.
 
 The statements are compiled once from the table definitions and run on a DB-API
 connection the writer keeps: on this path SQLAlchemy's per-execution bookkeeping cost
@@ -13,10 +14,11 @@ more than the insert itself.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import store as st
@@ -37,28 +39,45 @@ class _Slot:
     inbox_id: int | None = None
     # Until its transaction commits, a slot carries the error its request would raise.
     error: BaseException | None = None
+    # Held until the slot's request may go on: its event is written, or it is to lead
+    # the next write. One wake-up per waiting request, never a herd.
+    wake: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _compiled(stmt, dialect, columns: tuple[str, ...]) -> tuple[str, bool]:
-    """(SQL text, whether the driver takes a tuple) for ``stmt`` with these columns bound."""
+def _sqlite_sql(stmt, dialect, columns: tuple[str, ...]) -> str:
+    """``stmt`` compiled once for SQLite, its ``?`` parameters in the order of ``columns``."""
     compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
-    if compiled.positional:
-        assert tuple(compiled.positiontup) == columns, compiled.positiontup
-        return compiled.string, True
-    return compiled.string, False
+    assert tuple(compiled.positiontup) == columns, compiled.positiontup
+    return compiled.string
+
+
+# PostgreSQL: one statement per event (inbox row, then its deliveries only if the row is
+# new), so a whole batch goes out in one pipelined round trip with its COMMIT.
+PG_INGEST = f"""
+WITH new AS (
+    INSERT INTO inbox ({", ".join(INBOX_COLUMNS)})
+    VALUES ({", ".join(["%s"] * len(INBOX_COLUMNS))})
+    ON CONFLICT (dedup_key) DO NOTHING RETURNING id
+), queued AS (
+    INSERT INTO deliveries ({", ".join(DELIVERY_COLUMNS)})
+    SELECT new.id, target, %s, '{st.PENDING}', 0, %s, %s FROM new, unnest(%s::text[]) AS target
+)
+SELECT id FROM new"""
 
 
 class InboxWriter:
     def __init__(self, store: "st.Store"):
         self.store = store
         self.sqlite = store.dialect == "sqlite"
-        dialect = store.engine.dialect
-        self._inbox_sql, self._positional = _compiled(store._insert_inbox, dialect, INBOX_COLUMNS)
-        self._delivery_sql, _ = _compiled(st.deliveries.insert(), dialect, DELIVERY_COLUMNS)
+        if self.sqlite:
+            dialect = store.engine.dialect
+            self._inbox_sql = _sqlite_sql(store._insert_inbox, dialect, INBOX_COLUMNS)
+            self._delivery_sql = _sqlite_sql(st.deliveries.insert(), dialect, DELIVERY_COLUMNS)
         # SQLite: the store's own write lock, so ingest queues with every other writer.
-        self._lock = store._write_lock if self.sqlite else threading.Lock()
+        self._lock = store._write_lock if self.sqlite else contextlib.nullcontext()
         self._queue: list[_Slot] = []
-        self._queue_lock = threading.Lock()
+        self._mutex = threading.Lock()  # guards the queue and whether a write is under way
+        self._writing = False
         self._conn = None  # the pooled DB-API connection this writer keeps checked out
         self._conn_pid = 0
 
@@ -68,13 +87,30 @@ class InboxWriter:
         """Commit the event and its deliveries; its inbox id, or None for a duplicate."""
         slot = _Slot((dedup_key, provider, message_id, event_name, status, direction, external,
                       time.time(), occurred_at, payload), tuple(targets), error=NOT_WRITTEN)
-        with self._queue_lock:
+        slot.wake.acquire()
+        with self._mutex:
             self._queue.append(slot)
-        with self._lock:
-            if not slot.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._write(batch)
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            slot.wake.acquire()  # released by the writer of this event, or to lead the next
+        if not slot.done:
+            # Lead: take everything queued so far and write it in one transaction.
+            with self._mutex:
+                batch, self._queue = self._queue, []
+            try:
+                with self._lock:
+                    self._write(batch)
+            finally:
+                for other in batch:
+                    other.done = True  # written, or failed with the error it carries
+                    if other is not slot:
+                        other.wake.release()
+                with self._mutex:
+                    if self._queue:
+                        self._queue[0].wake.release()  # queued meanwhile: it leads the next write
+                    else:
+                        self._writing = False
         if slot.error is not None:
             raise slot.error
         return slot.inbox_id
@@ -100,39 +136,48 @@ class InboxWriter:
                         self._commit([slot])
                     except Exception as one:
                         slot.error = one
-        finally:
-            for slot in batch:
-                slot.done = True
 
     def _commit(self, batch: list[_Slot]) -> None:
         conn = self._connection()
+        try:
+            ids = self._insert_sqlite(conn, batch) if self.sqlite else self._insert_postgresql(conn, batch)
+        except BaseException as exc:
+            self._discard(conn, exc)
+            raise
+        for slot, inbox_id in zip(batch, ids):
+            slot.inbox_id, slot.error = inbox_id, None
+
+    def _insert_sqlite(self, conn, batch: list[_Slot]) -> list[int | None]:
         now = time.time()
         cur = conn.cursor()
         try:
-            if self.sqlite:
-                cur.execute("BEGIN IMMEDIATE")
-            deliveries = []
+            cur.execute("BEGIN IMMEDIATE")
+            ids, queued = [], []
             for slot in batch:
-                cur.execute(self._inbox_sql, slot.row if self._positional
-                            else dict(zip(INBOX_COLUMNS, slot.row)))
+                cur.execute(self._inbox_sql, slot.row)
                 found = cur.fetchone()
-                slot.inbox_id = found[0] if found else None
-                if slot.inbox_id is not None:
-                    deliveries += [(slot.inbox_id, t, slot.row[2], st.PENDING, 0, now, now)
-                                   for t in slot.targets]
-            if deliveries:
-                cur.executemany(self._delivery_sql, deliveries if self._positional
-                                else [dict(zip(DELIVERY_COLUMNS, d)) for d in deliveries])
+                ids.append(found[0] if found else None)
+                if found:
+                    queued += [(found[0], t, slot.row[2], st.PENDING, 0, now, now) for t in slot.targets]
+            if queued:
+                cur.executemany(self._delivery_sql, queued)
             conn.commit()
-            for slot in batch:
-                slot.error = None
-        except BaseException as exc:
-            self._discard(conn, exc)
-            for slot in batch:
-                slot.inbox_id = None
-            raise
+            return ids
         finally:
             cur.close()
+
+    def _insert_postgresql(self, conn, batch: list[_Slot]) -> list[int | None]:
+        now = time.time()
+        pg = conn.driver_connection
+        with pg.pipeline():
+            cursors = [pg.execute(PG_INGEST, (*slot.row, slot.row[2], now, now, list(slot.targets)))
+                       for slot in batch]
+            pg.commit()
+        ids = []
+        for cur in cursors:
+            found = cur.fetchone()
+            ids.append(found[0] if found else None)
+        return ids
 
     # -- the kept connection ------------------------------------------------------------
     def _connection(self):
@@ -155,7 +200,7 @@ class InboxWriter:
             self._conn = None
 
     def close(self) -> None:
-        with self._lock:
+        with self._mutex:
             if self._conn is not None and self._conn_pid == os.getpid():
                 self._conn.close()
             self._conn = None

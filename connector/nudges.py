@@ -4,10 +4,15 @@ After a webhook's transaction commits, the web process publishes one small messa
 idle workers subscribed to the channel claim at once instead of at their next poll. A
 nudge is not work: it carries nothing, is not stored, and a lost one only costs up to
 ``worker.poll_interval`` of latency. That keeps the webhook at one durable write.
+
+Publishing happens on a thread of its own, so no request waits on Redis, and the
+nudges asked for while one is being sent fold into the next: a burst of webhooks costs
+one publish per 5 ms, and every commit is still followed by a publish that starts after it.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -18,6 +23,7 @@ log = logging.getLogger("connector.nudges")
 
 # After Redis fails, skip nudging this long: the webhook must not wait on a dead Redis.
 QUIET_AFTER_FAILURE = 5.0
+SPACING = 0.005
 
 
 class Nudges:
@@ -25,11 +31,30 @@ class Nudges:
         self.config = config
         self.channel = redisconn.key(config, "nudge")
         self._quiet_until = 0.0
+        self._wanted = threading.Event()
+        self._start_lock = threading.Lock()
+        self._sender_pid = 0  # the publishing thread's process: a fork leaves it behind
 
     def ping(self) -> None:
         redisconn.client(self.config).ping()
 
     def publish(self) -> None:
+        """Ask for a nudge; returns at once."""
+        if self._sender_pid != os.getpid():
+            with self._start_lock:
+                if self._sender_pid != os.getpid():
+                    threading.Thread(target=self._send_forever, name="nudges", daemon=True).start()
+                    self._sender_pid = os.getpid()
+        self._wanted.set()
+
+    def _send_forever(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            self.publish_now()
+            time.sleep(SPACING)  # at most one nudge per SPACING: workers claim everything due
+
+    def publish_now(self) -> None:
         if time.monotonic() < self._quiet_until:
             return
         try:

@@ -46,8 +46,8 @@ def writer(store: Store):
 
 
 def queued_while_locked(store: Store, calls: list) -> tuple[dict, dict]:
-    """Run ``calls`` (message id, provider) in threads while the writer's lock is held,
-    release it once all are queued; (results by id, errors by id)."""
+    """Run ``calls`` (message id, provider) in threads while a write is in progress,
+    end it once all are queued; (results by id, errors by id)."""
     w = writer(store)
     results, errors = {}, {}
 
@@ -58,19 +58,22 @@ def queued_while_locked(store: Store, calls: list) -> tuple[dict, dict]:
             errors[mid] = exc
 
     threads = [threading.Thread(target=run, args=c) for c in calls]
-    with w._lock:
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 10
-        while len(w._queue) < len(calls) and time.monotonic() < deadline:
-            time.sleep(0.005)
+    with w._mutex:
+        w._writing = True  # as if another request were being written
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(w._queue) < len(calls) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with w._mutex:
         assert len(w._queue) == len(calls)
+        w._queue[0].wake.release()  # that write ends: the first queued leads the next
     for t in threads:
         t.join(10)
     return results, errors
 
 
-def test_requests_waiting_on_a_write_share_one_commit(store):
+def test_requests_queued_during_a_write_share_the_next_commit(store):
     w = writer(store)
     batches = []
     real = w._commit
@@ -171,3 +174,24 @@ def test_sqlite_write_lock_queues_writers_of_other_processes(tmp_path):
     finally:
         release.set()
         child.join(10)
+
+
+def test_a_write_that_cannot_start_fails_its_requests_and_the_next_one_works(store):
+    w = writer(store)
+    real_lock = w._lock
+
+    class Broken:
+        def __enter__(self):
+            raise OSError("lock file unwritable")
+
+        def __exit__(self, *exc):
+            return False
+
+    w._lock = Broken()
+    results, errors = queued_while_locked(store, [("a", "aircall"), ("b", "aircall"), ("c", "aircall")])
+    assert results == {} and sorted(errors) == ["a", "b", "c"]
+    assert all(isinstance(e, (OSError, RuntimeError)) for e in errors.values())
+    assert counts(store) == (1, 2)  # nothing half-stored
+    w._lock = real_lock
+    assert isinstance(ingest(store, "a"), int)  # Aircall's retry of it is stored
+    assert counts(store) == (2, 4)

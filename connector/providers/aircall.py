@@ -82,11 +82,14 @@ def _media(data: dict) -> list[Media]:
             raise PayloadError("data.media_details", "must be array")
         out = []
         for i, item in enumerate(details):
-            if not isinstance(item, dict):
-                raise PayloadError(f"data.media_details[{i}]", "must be object")
-            url = _field(item, "presigned_url", f"data.media_details[{i}].presigned_url", (str,))
-            name = _field(item, "file_name", f"data.media_details[{i}].file_name", (str,), False)
-            ctype = _field(item, "file_type", f"data.media_details[{i}].file_type", (str,), False)
+            try:
+                if not isinstance(item, dict):
+                    raise PayloadError("", "must be object")
+                url = _field(item, "presigned_url", ".presigned_url", (str,))
+                name = _field(item, "file_name", ".file_name", (str,), False)
+                ctype = _field(item, "file_type", ".file_type", (str,), False)
+            except PayloadError as exc:  # the item's path is only spelled out for an error
+                raise PayloadError(f"data.media_details[{i}]{exc.field}", exc.reason) from None
             out.append(Media(url=url, file_name=name or "", content_type=(ctype or "").lower()))
         return out
     urls = data.get("media_url")

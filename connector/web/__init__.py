@@ -1,7 +1,9 @@
 """Flask app factory: one blueprint per inbound surface."""
 from __future__ import annotations
 
-from flask import Flask, jsonify
+import time
+
+from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..config import Config
@@ -12,8 +14,12 @@ def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     rt = app.extensions["connector"] = runtime or Runtime(config)
-    # Workers running in this process give way while requests are being answered.
-    app.before_request(rt.request_started)
+
+    @app.before_request
+    def _started():
+        g.received_at = time.perf_counter()  # for the acknowledgement latency histogram
+        rt.request_started()  # workers running in this process give way meanwhile
+
     app.teardown_request(lambda _exc: rt.request_finished())
 
     from . import health, media, outbound, webhooks

@@ -80,11 +80,6 @@ def metrics():
     return Response(rt.metrics.exposition(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
 
-@bp.before_app_request
-def _start_clock():
-    g.received_at = time.perf_counter()
-
-
 @bp.after_app_request
 def _count_inbound(response):
     rule = request.url_rule
