@@ -207,3 +207,29 @@ def test_a_worker_that_outlived_its_lease_does_not_write_what_another_worker_too
     rt.pipeline.process(slow)
     assert w.calls == 1  # only the worker that held the lease wrote
     assert state_of(rt).state == "delivered" and state_of(rt).attempts == 1
+
+
+class SlowWriter(FlakyWriter):
+    def __init__(self, seconds, during):
+        super().__init__([])
+        self.seconds, self.during = seconds, during
+
+    def deliver(self, event, ctx):
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:  # a CRM call held up by rate-limit waits and retries
+            self.during()
+            time.sleep(0.1)
+        return super().deliver(event, ctx)
+
+
+def test_a_crm_call_longer_than_the_lease_keeps_it_and_no_other_worker_writes_the_message(make_runtime):
+    taken = []
+    w = SlowWriter(2.5, during=lambda: taken.extend(rt.store.claim("other-worker", lease_seconds=1)))
+    rt = only_hubspot(make_runtime, w)
+    rt.config.worker.lease_seconds = 1  # the call lasts two and a half leases
+    ingest(rt, "sms_received")
+    [d] = rt.store.claim("slow-worker", lease_seconds=1)
+    assert rt.pipeline.process(d) == "delivered"
+    assert taken == []  # the lease was renewed all along: nobody else could claim it
+    assert w.calls == 1
+    assert state_of(rt).state == "delivered" and state_of(rt).attempts == 1

@@ -7,6 +7,7 @@ CRM entry.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -85,10 +86,34 @@ class Pipeline:
             return self._lost(d)
         event, writer, ctx = prepared
         try:
-            result = writer.deliver(event, ctx)
+            with self._leases_kept([d]):
+                result = writer.deliver(event, ctx)
         except Exception as exc:
             result = exc
         return self.record(d, result)
+
+    @contextlib.contextmanager
+    def _leases_kept(self, ds: list[Delivery]):
+        """Renew ``ds``'s leases every third of a lease while their CRM call runs: a call
+        slowed by rate-limit waits and retries must not outlive its lease, or another
+        worker would take the deliveries over and write the same messages again."""
+        lease = self.config.worker.lease_seconds
+        done = threading.Event()
+
+        def keep() -> None:
+            while not done.wait(lease / 3):
+                try:
+                    self.store.renew_leases(ds, lease)
+                except Exception as exc:  # the next beat tries again; the lease has slack
+                    log.warning("lease renewal failed: %s: %s", type(exc).__name__, exc)
+
+        keeper = threading.Thread(target=keep, name="lease-keeper", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
 
     def process_batch(self, batch: list[Delivery]) -> list[str]:
         """Deliver deliveries of one CRM with one ``writer.deliver_many`` call; each item's
@@ -115,7 +140,8 @@ class Pipeline:
         if items:
             writer = items[0][1]
             try:
-                results = list(writer.deliver_many([(event, ctx) for event, _, ctx in items]))
+                with self._leases_kept([batch[i] for i in where]):
+                    results = list(writer.deliver_many([(event, ctx) for event, _, ctx in items]))
                 if len(results) != len(items):
                     raise TransientError(f"{writer.name} answered {len(results)} outcomes for "
                                          f"{len(items)} items")
