@@ -38,7 +38,7 @@ def serve(config_path, host, port, no_worker):
     """Run the web app and (unless --no-worker) a worker in one process."""
     from waitress import create_server
 
-    from .runtime import Runtime, setup_logging
+    from .runtime import Runtime, freeze_startup_heap, setup_logging
     from .web import create_app
 
     cfg = _load(config_path)
@@ -63,6 +63,7 @@ def serve(config_path, host, port, no_worker):
         sys.setswitchinterval(0.0005)
         worker = rt.worker()
         worker.start()
+    freeze_startup_heap()
     click.echo(f"mms-connector listening on http://{host}:{port} (config {cfg.source}, "
                f"targets: {', '.join(f'{t}={getattr(cfg, t).mode}' for t in cfg.targets()) or 'none'})")
     try:

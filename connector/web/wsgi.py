@@ -10,7 +10,7 @@ import os
 import sys
 
 from ..config import ConfigError, find_config_file, load_config
-from ..runtime import Runtime, setup_logging
+from ..runtime import Runtime, freeze_startup_heap, setup_logging
 from . import create_app
 
 try:
@@ -20,3 +20,4 @@ except ConfigError as exc:
     raise SystemExit(2) from None
 setup_logging(config)
 app = create_app(config, Runtime(config))
+freeze_startup_heap()
