@@ -19,10 +19,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,41 +33,11 @@ from bench.workload import mms_payloads  # noqa: E402
 from connector.config import load_config  # noqa: E402
 from connector.providers import aircall  # noqa: E402
 from connector.runtime import Runtime  # noqa: E402
-from tests.hubspot_fake import FakeHubSpot, rate_limited  # noqa: E402
+from tests.hubspot_fake import LimitedHubSpot  # noqa: E402
 
 PG_URL = os.environ.get("CONNECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CONNECTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 FORMATS = ["(415) 555-{:04d}", "+1 415 555 {:04d}", "415555{:04d}", "+1415555{:04d}"]
-
-
-class LimitedHubSpot(FakeHubSpot):
-    """Answers after ``latency`` seconds; more than ``limit`` requests in any ``window``
-    seconds get HubSpot's TEN_SECONDLY_ROLLING 429 (and are counted)."""
-
-    def __init__(self, server, limit: int = 100, window: float = 10, latency: float = 0.1):
-        super().__init__(server)
-        self.limit, self.window, self.latency = limit, window, latency
-        self.arrivals: deque[float] = deque()
-        self.too_many = 0
-        self.lock = threading.Lock()
-        self.peak = 0
-
-    def handle(self, request):
-        with self.lock:
-            now = time.monotonic()
-            while self.arrivals and self.arrivals[0] <= now - self.window:
-                self.arrivals.popleft()
-            limited = len(self.arrivals) >= self.limit
-            if limited:
-                self.too_many += 1
-            else:
-                self.arrivals.append(now)
-                self.peak = max(self.peak, len(self.arrivals))
-        time.sleep(self.latency)
-        if limited:
-            return rate_limited("TEN_SECONDLY_ROLLING")
-        with self.lock:
-            return super().handle(request)
 
 
 def payloads(n_events: int, n_contacts: int) -> list[dict]:

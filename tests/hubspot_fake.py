@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -301,3 +303,33 @@ def _filter(obj: Obj, f: dict) -> bool:
 
 def _json(data, status: int = 200) -> Response:
     return Response(json.dumps(data), status=status, content_type="application/json")
+
+
+class LimitedHubSpot(FakeHubSpot):
+    """Answers after ``latency`` seconds; more than ``limit`` requests in any ``window``
+    seconds get HubSpot's TEN_SECONDLY_ROLLING 429 (and are counted)."""
+
+    def __init__(self, server, limit: int = 100, window: float = 10, latency: float = 0.1):
+        super().__init__(server)
+        self.limit, self.window, self.latency = limit, window, latency
+        self.arrivals: deque[float] = deque()
+        self.too_many = 0
+        self.lock = threading.Lock()
+        self.peak = 0
+
+    def handle(self, request):
+        with self.lock:
+            now = time.monotonic()
+            while self.arrivals and self.arrivals[0] <= now - self.window:
+                self.arrivals.popleft()
+            limited = len(self.arrivals) >= self.limit
+            if limited:
+                self.too_many += 1
+            else:
+                self.arrivals.append(now)
+                self.peak = max(self.peak, len(self.arrivals))
+        time.sleep(self.latency)
+        if limited:
+            return rate_limited("TEN_SECONDLY_ROLLING")
+        with self.lock:
+            return super().handle(request)

@@ -16,6 +16,7 @@ from connector.runtime import Runtime
 from connector.web import create_app
 
 from conftest import ROOT, TOKEN, aircall_payload, base_config
+from hubspot_fake import LimitedHubSpot
 from procs import free_port, stop, wait_for, write_config
 
 
@@ -112,6 +113,76 @@ def test_two_gunicorn_web_processes_and_two_workers_on_postgresql_and_redis(tmp_
         assert sorted(e["message_id"] for e in events) == sorted(f"burst-{i}" for i in range(20))
         assert {tuple(sorted(e["targets"])) for e in events} == {("hubspot", "salesforce")}
         assert all(t["attempts"] == 1 for e in events for t in e["targets"].values())
+    finally:
+        for p in procs:
+            stop(p)
+        log.close()
+    text = (tmp_path / "procs.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+def test_a_concurrent_burst_with_redeliveries_through_two_web_processes_and_two_workers_reaches_hubspot_once_each_within_the_shared_limit(
+        tmp_path, pg_url, redis_url, httpserver):
+    """README's scaled-out commands, a live HubSpot (fake) that enforces 10 requests per
+    rolling 10 s, and a burst of 120 messages, each posted twice at once from 16 threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import select
+
+    from bench.workload import mms_payloads
+    from connector.store import crm_records
+
+    hub = LimitedHubSpot(httpserver, limit=10, window=10, latency=0.05)
+    for i in range(30):
+        hub.add_contact(phone=f"+1 415 555 {i:04d}")
+    url, prefix = redis_url
+    data = base_config(tmp_path, store={"url": pg_url}, queue={"url": url, "prefix": prefix},
+                       salesforce={"mode": "off"},
+                       hubspot={"mode": "live", "base_url": hub.url, "access_token": "pat-test",
+                                "requests_per_10s": 10, "batch_size": 10},
+                       worker={"poll_interval": 1, "batch_wait": 0.2})
+    path = write_config(tmp_path / "c.yaml", data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMS_CONNECTOR_CONFIG": str(path)}
+    port = free_port()
+    log = open(tmp_path / "procs.log", "ab")
+    procs = [subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "8",
+                               "-b", f"127.0.0.1:{port}", "connector.web.wsgi:app"],
+                              cwd=ROOT, env=env, stdout=log, stderr=log)]
+    procs += [subprocess.Popen([sys.executable, "-m", "connector.cli", "worker", "--config", str(path)],
+                               cwd=ROOT, env=env, stdout=log, stderr=log) for _ in range(2)]
+    messages = mms_payloads(120, 30, prefix="burst")
+    for body in messages:
+        body["token"] = TOKEN
+        body["data"].pop("media_details", None)  # text only: the fixture's media host does not exist
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/readyz", procs[0]), timeout=60, what="gunicorn")
+        session = requests.Session()
+
+        def post(body):
+            r = session.post(f"http://127.0.0.1:{port}/webhooks/aircall", json=body, timeout=30)
+            return r.status_code, r.json()["status"]
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(post, [m for m in messages for _ in range(2)]))
+        assert {code for code, _ in answers} == {200}
+        statuses = [status for _, status in answers]
+        assert statuses.count("stored") == 120 and statuses.count("duplicate") == 120
+
+        rt = Runtime(load_config(path))
+        wait_for(lambda: rt.store.pending_count() == 0, timeout=90, what="every delivery done")
+        events = rt.store.list_events(limit=500)
+        assert sorted(e["message_id"] for e in events) == sorted(m["data"]["id"] for m in messages)
+        assert {e["targets"]["hubspot"]["state"] for e in events} == {"delivered"}
+        with rt.store.read() as conn:
+            records = conn.execute(select(crm_records.c.message_id, crm_records.c.object_id)
+                                   .where(crm_records.c.target == "hubspot")).all()
+        # One Communication per message, and nothing else created in HubSpot.
+        assert len(records) == 120 and len({oid for _, oid in records}) == 120
+        assert set(hub.comms) == {oid for _, oid in records}
+        # The two workers shared one bucket: HubSpot never refused, never saw more than 10 in 10 s,
+        # and the burst needed more than one window's worth of calls.
+        assert hub.too_many == 0 and hub.peak <= 10 and len(hub.requests) > 10
+        rt.store.engine.dispose()
     finally:
         for p in procs:
             stop(p)
