@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -160,6 +161,7 @@ def scaled_out(n_events: int, n_contacts: int, timeout: float, processes: int = 
 
 
 def report(n_events: int = 1000, n_contacts: int = 200, timeout: float = 120) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the fake's access log
     print(f"\n4. Drain {n_events} message events (text only) ({n_contacts} known contacts) into a fake HubSpot: "
           "100 ms per answer, 100 requests per rolling 10 s")
     embedded(n_events, n_contacts, timeout)
