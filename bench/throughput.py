@@ -161,9 +161,10 @@ def python_load(port: int, duration: float, workdir: Path) -> dict:
     return {"rps": sum(counts) / took, "requests": sum(counts), "non2xx": sum(bad), "socket_errors": ""}
 
 
-def stores(workdir: Path) -> list[tuple[str, str, str]]:
-    """(label, store.url, queue.url) for each store reachable here."""
-    out = [("embedded: SQLite", f"sqlite:///{workdir}/ingest.db", "")]
+def stores(workdir: Path, section: str) -> list[tuple[str, str, str]]:
+    """(label, store.url, queue.url) for each store reachable here: new and empty, so each
+    section starts from the same state whatever ran before it."""
+    out = [("embedded: SQLite", f"sqlite:///{workdir}/{section}.db", "")]
     try:
         import redis
         from sqlalchemy import create_engine, text
@@ -214,7 +215,7 @@ def stored_count(store_url: str) -> int:
         s.engine.dispose()
 
 
-def ingest(duration: float, workdir: Path) -> list[dict]:
+def ingest(duration: float, workdir: Path) -> None:
     load = wrk_run if shutil.which("wrk") else python_load
     tool = "wrk -t2 -c16" if shutil.which("wrk") else "Python client, 16 threads"
     print(f"\n1. Ingest: gunicorn {' '.join(Gunicorn.args)}, {duration:.0f} s each, load from {tool}")
@@ -224,22 +225,18 @@ def ingest(duration: float, workdir: Path) -> list[dict]:
     finally:
         bare.stop()
     print(f"  {'bare Flask return 200':<50}{base['rps']:>9.0f} req/s")
-    rows = []
-    for label, store_url, queue_url in stores(workdir):
+    for label, store_url, queue_url in stores(workdir, "ingest"):
         app = Gunicorn("connector.web.wsgi:app", connector_env(workdir, store_url, queue_url))
         try:
             r = load(app.port, duration, workdir)
         finally:
             app.stop()
         acked = r["requests"] - r["non2xx"]
-        stored = stored_count(store_url)
-        rows.append({"label": label, **r, "ratio": r["rps"] / base["rps"], "stored": stored,
-                     "store_url": store_url, "queue_url": queue_url})
+        stored = stored_count(store_url)  # at least every acknowledged one (wrk stops mid-flight)
         print(f"  {'connector, ' + label:<50}{r['rps']:>9.0f} req/s   ratio {r['rps'] / base['rps']:.2f}"
               f"   acknowledged {acked}, stored {stored}, non-2xx {r['non2xx']}"
               + (f", socket errors: {r['socket_errors']}" if r['socket_errors'] else ""))
     print("  goal: ratio >= 0.6")
-    return rows
 
 
 # -- 2. latency at a fixed rate ---------------------------------------------------------
@@ -282,14 +279,12 @@ def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1] if len(values) > 1 else values[0]
 
 
-def latency(rate: float, seconds: float, workdir: Path, rows: list[dict]) -> None:
+def latency(rate: float, seconds: float, workdir: Path) -> None:
     print(f"\n2. Acknowledgement latency at {rate:.0f} requests/s for {seconds:.0f} s "
           f"(gunicorn {' '.join(Gunicorn.args)}); bare Flask first, as this machine's floor")
-    targets = [(r["label"], r["store_url"], r["queue_url"]) for r in rows] or \
-        [("embedded: SQLite", f"sqlite:///{workdir}/latency.db", "")]
     for label, app, env in [("bare Flask return 200", "bare_app:app", {})] + [
             ("connector, " + label, "connector.web.wsgi:app", connector_env(workdir, store_url, queue_url))
-            for label, store_url, queue_url in targets]:
+            for label, store_url, queue_url in stores(workdir, "latency")]:
         server = Gunicorn(app, env)
         try:
             lat = fixed_rate(server.port, rate, seconds)
@@ -326,12 +321,11 @@ def main() -> None:
     print(f"mms-crm-connector throughput bench, {os.cpu_count()} CPUs, loopback only")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        rows: list[dict] = []
         try:
             if "ingest" not in skip:
-                rows = ingest(args.duration, workdir)
+                ingest(args.duration, workdir)
             if "latency" not in skip:
-                latency(args.rate, args.latency_seconds, workdir, rows)
+                latency(args.rate, args.latency_seconds, workdir)
         finally:
             for url in CREATED:
                 drop_database(url)
