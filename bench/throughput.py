@@ -19,7 +19,7 @@ Everything runs on loopback, bounded in time (about two minutes with the default
    100 ms and enforces 100 requests per rolling 10 s (bench/drain.py).
 
     python bench/throughput.py [--duration 10] [--rate 200] [--gunicorn "-w 2 --threads 8"]
-                               [--skip ingest,latency,calls,drain]
+                               [--log-level INFO] [--skip ingest,latency,calls,drain]
 """
 from __future__ import annotations
 
@@ -190,13 +190,16 @@ def drop_database(url: str) -> None:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
 
 
+LOG_LEVEL = "INFO"  # the shipped default: one line per stored webhook (--log-level)
+
+
 def connector_env(workdir: Path, store_url: str, queue_url: str) -> dict:
     import yaml
     cfg = {"store": {"url": store_url}, "aircall": {"webhook_tokens": [TOKEN]},
            "queue": {"url": queue_url, "prefix": f"bench-{uuid.uuid4().hex[:8]}"},
            "hubspot": {"mode": "dry-run", "mapping": str(ROOT / "mappings/hubspot.yaml")},
-           "salesforce": {"mode": "dry-run", "mapping": str(ROOT / "mappings/salesforce.yaml")}}
-    # Logging stays at the shipped default (INFO: one line per stored webhook).
+           "salesforce": {"mode": "dry-run", "mapping": str(ROOT / "mappings/salesforce.yaml")},
+           "logging": {"level": LOG_LEVEL}}
     path = workdir / f"config-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return {"MMS_CONNECTOR_CONFIG": str(path)}
@@ -313,10 +316,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200, help="requests/s for the latency run")
     ap.add_argument("--latency-seconds", type=float, default=10)
     ap.add_argument("--skip", default="", help="comma-separated: ingest,latency,calls,drain")
+    ap.add_argument("--log-level", default="INFO", help="the connector's logging.level (default: as shipped)")
     ap.add_argument("--gunicorn", default="-w 2 --threads 8",
                     help="gunicorn settings, the same for the connector and the bare app")
     args = ap.parse_args()
     Gunicorn.args = args.gunicorn.split()
+    global LOG_LEVEL
+    LOG_LEVEL = args.log_level
     skip = set(filter(None, args.skip.split(",")))
     print(f"mms-crm-connector throughput bench, {os.cpu_count()} CPUs, loopback only")
     with tempfile.TemporaryDirectory() as tmp:
