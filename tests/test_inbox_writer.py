@@ -195,3 +195,9 @@ def test_a_write_that_cannot_start_fails_its_requests_and_the_next_one_works(sto
     w._lock = real_lock
     assert isinstance(ingest(store, "a"), int)  # Aircall's retry of it is stored
     assert counts(store) == (2, 4)
+
+
+def test_the_writer_sql_names_every_column_an_event_needs():
+    from connector.inbox_writer import DELIVERY_COLUMNS, INBOX_COLUMNS
+    assert list(INBOX_COLUMNS) == [c.name for c in inbox.columns if c.name != "id"]
+    assert set(DELIVERY_COLUMNS) == {c.name for c in deliveries.columns if not c.nullable and c.name != "id"}
