@@ -72,6 +72,7 @@ class InboxWriter:
         self.sqlite = store.dialect == "sqlite"
         # SQLite: the store's own write lock, so ingest queues with every other writer.
         self._lock = store._write_lock if self.sqlite else contextlib.nullcontext()
+        self._checkpointer = store.checkpointer
         self._queue: list[_Slot] = []
         self._mutex = threading.Lock()  # guards the queue and whether a write is under way
         self._writing = False
@@ -147,6 +148,7 @@ class InboxWriter:
     def _insert_sqlite(self, conn, batch: list[_Slot]) -> list[int | None]:
         # One multi-row statement per table: every sqlite3 call lets other threads take the
         # GIL, and the writer holds the write lock until it gets it back.
+        self._checkpointer.ensure_running()
         now = time.time()
         cur = conn.cursor()
         try:

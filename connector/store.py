@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from .writelock import WriteLock
+from .sqlite_writes import Checkpointer, WriteLock
 
 metadata = MetaData()
 
@@ -179,6 +179,7 @@ def _sqlite_pragmas(engine: Engine, writer: bool) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=10000")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the commit path
         cur.close()
 
     if writer:
@@ -200,9 +201,14 @@ def make_engine(url: str, writer: bool = True) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
-def _sqlite_lock_path(url: str) -> str | None:
+def _sqlite_path(url: str) -> str | None:
     path = url[len("sqlite:///"):]
-    return None if not path or path == ":memory:" else path + ".lock"
+    return None if not path or path == ":memory:" else path
+
+
+def _sqlite_lock_path(url: str) -> str | None:
+    path = _sqlite_path(url)
+    return path and path + ".lock"
 
 
 def _insert(table: Table, dialect: str):
@@ -221,11 +227,14 @@ class Store:
         if self.dialect == "sqlite":
             # WAL readers never block the writer; keep them off the write lock entirely.
             self.read_engine = make_engine(url, writer=False)
-            # Writers queue on a mutex and a file lock, not on SQLite's busy handler.
+            # Writers queue on a mutex and a file lock, not on SQLite's busy handler;
+            # WAL checkpoints run on a thread of their own (connector/sqlite_writes.py).
             self._write_lock = WriteLock(_sqlite_lock_path(url))
+            self.checkpointer = Checkpointer(_sqlite_path(url))
         else:
             self.read_engine = self.engine
             self._write_lock = contextlib.nullcontext()
+            self.checkpointer = None
         self._insert_inbox = (_insert(inbox, self.dialect)
                               .on_conflict_do_nothing(index_elements=["dedup_key"]).returning(inbox.c.id))
         self._insert_deliveries = deliveries.insert()
@@ -234,6 +243,8 @@ class Store:
     @contextlib.contextmanager
     def write(self):
         """A write transaction (committed on exit)."""
+        if self.checkpointer is not None:
+            self.checkpointer.ensure_running()
         with self._write_lock, self.engine.begin() as conn:
             yield conn
 

@@ -1,9 +1,7 @@
-"""The webhook's write under concurrency: group commit, one bad event, broken connections,
-and SQLite writers in several processes."""
+"""The webhook's write under concurrency: group commit, one bad event, broken connections."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import threading
 import time
 
@@ -11,7 +9,6 @@ import pytest
 from sqlalchemy import func, select, text
 
 from connector.store import Store, deliveries, inbox
-from connector.writelock import WriteLock
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -136,44 +133,6 @@ def test_a_broken_connection_is_replaced_and_the_event_stored(pg_url):
     assert counts(store) == (2, 4)
     w.close()
     store.engine.dispose()
-
-
-# -- SQLite writers in several processes -------------------------------------------------
-def _hold(path: str, entered, release, log: str) -> None:
-    with WriteLock(path):
-        entered.set()
-        release.wait(10)
-        with open(log, "a") as f:
-            f.write("child released\n")
-
-
-def test_sqlite_write_lock_queues_writers_of_other_processes(tmp_path):
-    lock_path, log = str(tmp_path / "db.lock"), str(tmp_path / "log")
-    ctx = multiprocessing.get_context("spawn")
-    entered, release = ctx.Event(), ctx.Event()
-    child = ctx.Process(target=_hold, args=(lock_path, entered, release, log))
-    child.start()
-    try:
-        assert entered.wait(30)
-        got = threading.Event()
-
-        def take():
-            with WriteLock(lock_path):
-                with open(log, "a") as f:
-                    f.write("parent acquired\n")
-                got.set()
-
-        t = threading.Thread(target=take)
-        t.start()
-        assert not got.wait(0.5)  # the other process holds it
-        release.set()
-        t.join(10)
-        assert got.is_set()
-        with open(log) as f:
-            assert f.read().splitlines() == ["child released", "parent acquired"]
-    finally:
-        release.set()
-        child.join(10)
 
 
 def test_a_write_that_cannot_start_fails_its_requests_and_the_next_one_works(store):
