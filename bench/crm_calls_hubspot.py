@@ -9,12 +9,18 @@ it. Three ways of writing the same events:
 - per message: ``deliver`` one by one (contact cache on);
 - naive: one search and one create per message (the contact cache off).
 
+With ``--new-numbers`` none of the numbers is in the portal yet and
+``hubspot.unknown_number.action`` is ``create`` (a campaign's first replies): contacts are
+created too, a batch create per 100 numbers when batched.
+
 Usage: python bench/crm_calls_hubspot.py [--events 1000] [--contacts 200] [--batch 100]
+                                         [--new-numbers]
 Other benches can ``from bench.crm_calls_hubspot import count_calls``.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -42,14 +48,14 @@ def events(n_events: int, n_contacts: int) -> list:
 
 
 def count_calls(mode: str = "batched", n_events: int = 1000, n_contacts: int = 200,
-                batch: int = 100) -> dict:
+                batch: int = 100, new_numbers: bool = False) -> dict:
     """Write the events in ``mode``; returns {"calls": Counter, "entries": n, "seconds": s}."""
     evs = events(n_events, n_contacts)
     server = HTTPServer(host="127.0.0.1", port=0)
     server.start()
     try:
         hub = FakeHubSpot(server)
-        for i in range(n_contacts):
+        for i in range(0 if new_numbers else n_contacts):
             hub.add_contact(phone=FORMATS[i % 4].format(i))
         with tempfile.TemporaryDirectory() as tmp:
             cfg = load_config(data={
@@ -60,7 +66,8 @@ def count_calls(mode: str = "batched", n_events: int = 1000, n_contacts: int = 2
                 "hubspot": {"mode": "live", "base_url": hub.url, "access_token": "pat-test",
                             "mapping": str(ROOT / "mappings/hubspot.yaml"), "batch_size": batch,
                             "requests_per_10s": 1_000_000, "searches_per_second": 1_000_000,
-                            "contact_cache_ttl": 0 if mode == "naive" else 86400},
+                            "contact_cache_ttl": 0 if mode == "naive" else 86400,
+                            "unknown_number": {"action": "create" if new_numbers else "skip"}},
             })
             rt = Runtime(cfg)
             writer = rt.pipeline.writers["hubspot"]
@@ -90,11 +97,16 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1000)
     ap.add_argument("--contacts", type=int, default=200)
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--new-numbers", action="store_true", help="numbers not in the portal yet (created)")
     args = ap.parse_args()
-    print(f"HubSpot API calls for {args.events} MMS events from {args.contacts} known contacts")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the fake's access log
+    who = "new numbers (contacts created)" if args.new_numbers else "known contacts"
+    print(f"HubSpot API calls for {args.events} MMS events from {args.contacts} {who}")
     print(f"{'mode':<14}{'calls':>7}  {'per 1,000':>9}  entries  {'seconds':>7}  breakdown")
     for mode in ("batched", "per-message", "naive"):
-        out = count_calls(mode, args.events, args.contacts, args.batch)
+        if mode == "naive" and args.new_numbers:
+            continue  # without the contact cache every message would create another contact
+        out = count_calls(mode, args.events, args.contacts, args.batch, args.new_numbers)
         total = sum(out["calls"].values())
         short = {k.replace("/crm/v3/objects/", "").replace("/crm/v4/associations/", "v4 "): v
                  for k, v in out["calls"].items()}

@@ -159,6 +159,8 @@ class FakeHubSpot:
             return self._search(self.comms, body)
         if m == "POST" and p == "/crm/v3/objects/communications/batch/create":
             return self._batch_create(body)
+        if m == "POST" and p == "/crm/v3/objects/contacts/batch/create":
+            return self._batch_create(body, contact=True)
         if m == "POST" and p == "/crm/v3/objects/communications/batch/update":
             return self._batch_update(body)
         if m == "PATCH" and (g := re.fullmatch(r"/crm/v3/objects/communications/(\d+)", p)):
@@ -226,19 +228,20 @@ class FakeHubSpot:
         obj.updated = obj.updated + timedelta(seconds=1)
         return _json(obj.json())
 
-    def _batch_create(self, body) -> Response:
+    def _batch_create(self, body, contact: bool = False) -> Response:
         inputs = (body or {}).get("inputs") or []
         if not 1 <= len(inputs) <= 100:
             return hubspot_error(400, "inputs: between 1 and 100 required")
         results, errors = [], []
         for inp in inputs:
             trace = inp.get("objectWriteTraceId")
-            problem = self._check_input(inp) or self.batch_rejects.get(trace)
+            problem = self._check_input(inp, contact) or self.batch_rejects.get(trace)
             if problem:
                 errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": problem,
                                "context": {"objectWriteTraceId": [trace]}})
                 continue
-            results.append(dict(self._new(self.comms, inp, False).json(), objectWriteTraceId=trace))
+            store = self.contacts if contact else self.comms
+            results.append(dict(self._new(store, inp, contact).json(), objectWriteTraceId=trace))
         out = {"status": "COMPLETE", "results": results, "startedAt": EPOCH.isoformat(),
                "completedAt": EPOCH.isoformat()}
         if errors:

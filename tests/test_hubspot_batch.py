@@ -147,3 +147,47 @@ def test_worker_hands_a_burst_to_deliver_many(live, hub):
         ("GET", "/crm/v4/associations/communications/contacts/labels"), ("POST", BATCH)]
     assert [state(rt, f"w{i}")[0]["state"] for i in range(6)] == ["delivered"] * 6
     assert len(hub.comms) == 6
+
+
+CONTACTS_BATCH = "/crm/v3/objects/contacts/batch/create"
+
+
+def test_a_burst_from_new_numbers_creates_their_contacts_in_one_batch_call(live, hub):
+    known = hub.add_contact(phone="+14155550000")
+    rt = live(unknown_number={"action": "create", "firstname": "Texter", "lastname": "{national}"})
+    writer = rt.pipeline.writers["hubspot"]
+    burst = items(rt, 12, 6)  # six numbers, two messages each; the first is a known contact
+    results = writer.deliver_many(burst)
+    assert all(isinstance(r, Outcome) and r.state == "delivered" for r in results), results[:3]
+    assert [(m, p) for m, p, _ in hub.requests] == [
+        ("POST", "/crm/v3/objects/contacts/search"), ("POST", CONTACTS_BATCH),
+        ("GET", "/crm/v4/associations/communications/contacts/labels"), ("POST", BATCH)]
+    [create] = hub.calls("POST", CONTACTS_BATCH)
+    assert create[2]["inputs"][0] == {
+        "properties": {"phone": "+14155550001", "firstname": "Texter", "lastname": "(415) 555-0001"},
+        "associations": [], "objectWriteTraceId": "+14155550001"}
+    assert [i["objectWriteTraceId"] for i in create[2]["inputs"]] == [f"+1415555{i:04d}" for i in range(1, 6)]
+    # Every message is on its own number's contact, the known one included.
+    by_phone = {c.properties["phone"]: cid for cid, c in hub.contacts.items()}
+    assert by_phone["+14155550000"] == known and len(by_phone) == 6
+    for (event, _), comm_id in zip(burst, [rt.store.get_record("hubspot", e.message_id)["object_id"] for e, _ in burst]):
+        assert hub.comms[comm_id].associations[0][0] == by_phone[event.external]
+    # The next burst from the same numbers uses the stored contacts: no search, no create.
+    hub.requests.clear()
+    writer.deliver_many(items(rt, 6, 6, start=100))
+    assert [(m, p) for m, p, _ in hub.requests] == [("POST", BATCH)]
+
+
+def test_a_refused_contact_create_fails_only_its_messages(live, hub):
+    rt = live(unknown_number={"action": "create"})
+    writer = rt.pipeline.writers["hubspot"]
+    hub.batch_rejects["+14155550001"] = "Property values were not valid: phone"
+    results = writer.deliver_many(items(rt, 3, 3))
+    assert [type(r).__name__ for r in results] == ["Outcome", "PermanentError", "Outcome"]
+    assert "Property values were not valid: phone" in str(results[1])
+    assert sorted(c.properties["phone"] for c in hub.contacts.values()) == ["+14155550000", "+14155550002"]
+    # Its marker is gone: once the cause is fixed, a replay creates the contact.
+    del hub.batch_rejects["+14155550001"]
+    [again] = writer.deliver_many(items(rt, 1, 3, start=1))
+    assert isinstance(again, Outcome) and again.state == "delivered"
+    assert len(hub.contacts) == 3

@@ -213,7 +213,7 @@ def test_oauth_refresh_refused_is_a_dead_letter_asking_to_reauthorize(live, hub)
 
 
 def test_burst_from_a_new_number_on_two_workers_creates_one_contact(live, hub):
-    hub.slow["/crm/v3/objects/contacts"] = 0.4  # the first create is still running when the second looks
+    hub.slow["/crm/v3/objects/contacts/batch/create"] = 0.4  # still running when the second looks
     rt1 = live(unknown_number={"action": "create"})
     rt2 = live(unknown_number={"action": "create"})  # a second process on the same store
     for n in range(4):
@@ -232,7 +232,7 @@ def test_burst_from_a_new_number_on_two_workers_creates_one_contact(live, hub):
         t.join()
     assert errors == []
     run(rt1, later=10)  # anything parked while the other worker was creating
-    assert len(hub.calls("POST", "/crm/v3/objects/contacts")) == 1
+    assert len(hub.calls("POST", "/crm/v3/objects/contacts/batch/create")) == 1
     [cid] = hub.contacts
     assert len(hub.comms) == 4
     assert {c.associations[0][0] for c in hub.comms.values()} == {cid}

@@ -154,16 +154,17 @@ def test_unknown_number_skip_records_skipped_with_reason(live, hub):
     assert st["result"]["reason"] == ("no HubSpot contact has the number +18704575426 "
                                       "(hubspot.unknown_number.action is skip)")
     assert hub.calls("POST", "/crm/v3/objects/communications") == []
-    assert hub.calls("POST", "/crm/v3/objects/contacts") == []
+    assert hub.calls("POST", "/crm/v3/objects/contacts/batch/create") == []
 
 
 def test_unknown_number_create_makes_a_named_contact(live, hub):
     rt = live(unknown_number={"action": "create", "firstname": "Texter", "lastname": "{national}"})
     post(rt, "sms_received")
     run(rt)
-    [contact] = hub.calls("POST", "/crm/v3/objects/contacts")
-    assert contact[2] == {"properties": {"phone": "+18704575426", "firstname": "Texter",
-                                         "lastname": "(870) 457-5426"}, "associations": []}
+    [contact] = hub.calls("POST", "/crm/v3/objects/contacts/batch/create")
+    assert contact[2] == {"inputs": [{"properties": {"phone": "+18704575426", "firstname": "Texter",
+                                                     "lastname": "(870) 457-5426"},
+                                      "associations": [], "objectWriteTraceId": "+18704575426"}]}
     new_id = next(iter(hub.contacts))
     [create] = hub.calls("POST", "/crm/v3/objects/communications")
     assert create[2]["associations"][0]["to"]["id"] == new_id

@@ -19,7 +19,7 @@ from ..events import MessageEvent, status_advances
 from ..mapping import Mapping, current
 from .base import (DeliveryContext, Outcome, PermanentError, TransientError, WriteError, entry_kind,
                    template_context)
-from .hubspot_api import Ambiguous, HubSpotApi, describe
+from .hubspot_api import Ambiguous, HubSpotApi, errors_by_key
 from .hubspot_contacts import Contact, ContactMatcher, Unmatched
 
 NAME = "hubspot"
@@ -214,7 +214,7 @@ class HubSpotWriter:
                 results[i] = exc
             return
         created = {r.object_write_trace_id: r for r in res.results or [] if r.object_write_trace_id}
-        errors = _errors_by_key(getattr(res, "errors", None))
+        errors = errors_by_key(getattr(res, "errors", None))
         rows = []
         for i, req, contact in chunk:
             event = items[i][0]
@@ -247,7 +247,7 @@ class HubSpotWriter:
                     inputs = [dict(req["body"], id=rec["object_id"]) for _, rec, req in reqs]
                     res = self.api.call(self.api.comm_batch.update,
                                         batch_input_simple_public_object_batch_input={"inputs": inputs})
-                    errors = _errors_by_key(getattr(res, "errors", None))
+                    errors = errors_by_key(getattr(res, "errors", None))
             except WriteError as exc:
                 for i, _, _ in reqs:
                     results[i] = exc
@@ -326,19 +326,3 @@ class HubSpotWriter:
 def _row(event: MessageEvent, object_id: str | None, status: str | None, data: dict | None) -> dict:
     return dict(message_id=event.message_id, object_type=OBJECT_TYPE, object_id=object_id,
                 status=status, data=data)
-
-
-def _errors_by_key(errors) -> dict[str, WriteError]:
-    """A 207 answer's errors, by every id / objectWriteTraceId named in their context."""
-    out: dict[str, WriteError] = {}
-    for err in errors or []:
-        body = {"category": err.category, "message": err.message}
-        status = str(getattr(err, "status", "") or "")
-        text = describe(207, body)
-        transient = err.category in ("RATE_LIMITS", "INTERNAL_ERROR", "SERVICE_UNAVAILABLE") \
-            or status.startswith("5")
-        exc = TransientError(text) if transient else PermanentError(text)
-        for values in (err.context or {}).values():
-            for key in values or []:
-                out[str(key)] = exc
-    return out

@@ -31,7 +31,7 @@ from urllib3.util.retry import Retry
 
 from ..config import HubSpotConfig
 from ..ratelimit import TokenBucket, retry_after_seconds
-from .base import PermanentError, RateLimited, TransientError
+from .base import PermanentError, RateLimited, TransientError, WriteError
 
 TOKEN_REFRESH_MARGIN = 120  # seconds before expiry a token is refreshed
 
@@ -102,13 +102,14 @@ class HubSpotApi:
         crm = self.client.crm
         self.contacts_search = crm.contacts.search_api
         self.contacts_basic = crm.contacts.basic_api
+        self.contacts_batch = crm.contacts.batch_api
         self.comm_basic = crm.objects.communications.basic_api
         self.comm_batch = crm.objects.communications.batch_api
         self.comm_search = crm.objects.communications.search_api
         self.labels = crm.associations.v4.schema.definitions_api
         self.assoc_batch = crm.associations.v4.batch_api
         self.tokens = self.client.oauth.tokens_api
-        self._apis = [self.contacts_search, self.contacts_basic, self.comm_basic, self.comm_batch,
+        self._apis = [self.contacts_search, self.contacts_basic, self.contacts_batch, self.comm_basic, self.comm_batch,
                       self.comm_search, self.labels, self.assoc_batch]
         self._token_lock = threading.Lock()
         self._token_expires = 0.0
@@ -212,3 +213,19 @@ class HubSpotApi:
 def _retry_after(exc: Any) -> float | None:
     headers = getattr(exc, "headers", None) or {}
     return retry_after_seconds(headers.get("Retry-After") if hasattr(headers, "get") else None)
+
+
+def errors_by_key(errors) -> dict[str, WriteError]:
+    """A 207 answer's errors, by every id / objectWriteTraceId named in their context."""
+    out: dict[str, WriteError] = {}
+    for err in errors or []:
+        body = {"category": err.category, "message": err.message}
+        status = str(getattr(err, "status", "") or "")
+        text = describe(207, body)
+        transient = err.category in ("RATE_LIMITS", "INTERNAL_ERROR", "SERVICE_UNAVAILABLE") \
+            or status.startswith("5")
+        exc = TransientError(text) if transient else PermanentError(text)
+        for values in (err.context or {}).values():
+            for key in values or []:
+                out[str(key)] = exc
+    return out

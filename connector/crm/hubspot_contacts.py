@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from .. import phones
 from ..config import HubSpotConfig
 from .base import PermanentError, TransientError, WriteError
-from .hubspot_api import Ambiguous, HubSpotApi
+from .hubspot_api import Ambiguous, HubSpotApi, errors_by_key
 
 NAME = "hubspot"
 CONTACT, CREATING, NONE = "contact", "creating", "none"
@@ -135,6 +135,7 @@ class ContactMatcher:
                 out[n] = self._await_creator(store, n)
             else:
                 misses.append(n)
+        to_create: list[str] = []
         for i in range(0, len(misses), SEARCH_CHUNK):
             chunk = misses[i:i + SEARCH_CHUNK]
             try:
@@ -158,7 +159,8 @@ class ContactMatcher:
                     store.put_contact(NAME, n, NONE, None, self.cfg.unmatched_cache_ttl)
                     out[n] = self._unmatched(n)
                 else:
-                    out[n] = self._create(store, n)
+                    to_create.append(n)
+        out.update(self._create(store, to_create))
         return out
 
     def _unmatched(self, number: str) -> Unmatched:
@@ -216,10 +218,27 @@ class ContactMatcher:
         return TransientError(f"the HubSpot contact for {number} is being created by another worker",
                               retry_after=2.0)
 
-    def _create(self, store, number: str) -> Contact | WriteError:
-        # The marker lives as long as HubSpot's search may lag a create whose answer was lost.
-        if not store.reserve_contact(NAME, number, CREATING, 60, replaces=(NONE,)):
-            return self._await_creator(store, number)
+    def _create(self, store, numbers: list[str]) -> dict[str, Contact | WriteError]:
+        """Create a contact for each number: one batch create per 100 (a burst from new
+        numbers costs a call per hundred, not per number)."""
+        out: dict[str, Contact | WriteError] = {}
+        inputs = []
+        for n in numbers:
+            # The marker lives as long as HubSpot's search may lag a create whose answer was lost.
+            if not store.reserve_contact(NAME, n, CREATING, 60, replaces=(NONE,)):
+                out[n] = self._await_creator(store, n)
+                continue
+            props = self._new_contact(n)
+            if isinstance(props, WriteError):
+                store.drop_contact(NAME, n)
+                out[n] = props
+            else:
+                inputs.append({"properties": props, "associations": [], "objectWriteTraceId": n})
+        for i in range(0, len(inputs), 100):
+            out.update(self._create_chunk(store, inputs[i:i + 100]))
+        return out
+
+    def _new_contact(self, number: str) -> dict | WriteError:
         names = {"e164": number, "national": phones.national(number),
                  "international": phones.international(number)}
         props = {"phone": number}
@@ -229,16 +248,28 @@ class ContactMatcher:
                 if value:
                     props[key] = value
         except (KeyError, IndexError, ValueError) as exc:
-            store.drop_contact(NAME, number)
             return PermanentError(f"hubspot.unknown_number: bad name template ({exc})")
+        return props
+
+    def _create_chunk(self, store, inputs: list[dict]) -> dict[str, Contact | WriteError]:
+        numbers = [inp["objectWriteTraceId"] for inp in inputs]
         try:
-            res = self.api.call(self.api.contacts_basic.create, idempotent=False,
-                                simple_public_object_input_for_create={"properties": props, "associations": []})
+            res = self.api.call(self.api.contacts_batch.create, idempotent=False,
+                                batch_input_simple_public_object_batch_input_for_create={"inputs": inputs})
         except Ambiguous as exc:
-            return exc  # it may exist: the marker expires after search has caught up
+            return {n: exc for n in numbers}  # they may exist: the markers expire after search catches up
         except WriteError as exc:
-            store.drop_contact(NAME, number)
-            return exc
-        contact = Contact(str(res.id), created=True)
-        store.put_contact(NAME, number, CONTACT, contact.encode(), self.cfg.contact_cache_ttl)
-        return contact
+            for n in numbers:
+                store.drop_contact(NAME, n)
+            return {n: exc for n in numbers}
+        created = {r.object_write_trace_id: r for r in res.results or [] if r.object_write_trace_id}
+        errors = errors_by_key(getattr(res, "errors", None))
+        out: dict[str, Contact | WriteError] = {}
+        for n in numbers:
+            if n in created:
+                out[n] = Contact(str(created[n].id), created=True)
+                store.put_contact(NAME, n, CONTACT, out[n].encode(), self.cfg.contact_cache_ttl)
+            else:  # refused (207) or, oddly, left out of the answer: not created
+                store.drop_contact(NAME, n)
+                out[n] = errors.get(n) or TransientError(f"HubSpot did not create the contact for {n}")
+        return out
