@@ -9,7 +9,12 @@ org's API allocation). Three ways of writing the same 1,000 events:
 - per message: ``deliver`` one by one (contact cache on);
 - naive: one search and one write per message (the contact cache off).
 
+With ``--new-numbers`` no record has the numbers yet and ``salesforce.unknown_number.action``
+is ``create_lead``: the Leads are created too (batched: one lookup and one sObject
+Collections create per 200 new numbers).
+
 Usage: python bench/crm_calls_salesforce.py [--events 1000] [--contacts 200] [--batch 200]
+                                            [--new-numbers]
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ class FakeOrg:
     def __init__(self, contacts: dict[str, str]):
         self.contacts = contacts  # national digits -> Contact Id
         self.tasks: dict[str, dict] = {}
+        self.leads: dict[str, str] = {}  # Phone -> Lead Id, created by the connector
         self.calls: Counter = Counter()
 
     def install(self, rsps: responses.RequestsMock) -> None:
@@ -59,6 +65,8 @@ class FakeOrg:
                           callback=self.upsert_one)
         rsps.add_callback(responses.PATCH, f"{API}/composite/sobjects/Task/MMS_Message_Id__c",
                           callback=self.upsert_many)
+        rsps.add_callback(responses.GET, f"{API}/query/", callback=self.query)
+        rsps.add_callback(responses.POST, f"{API}/composite/sobjects", callback=self.create_many)
 
     def _answer(self, body, status=200):
         return status, {"Sforce-Limit-Info": f"api-usage={sum(self.calls.values())}/100000"}, json.dumps(body)
@@ -82,6 +90,18 @@ class FakeOrg:
         result = self._store(request.url.rsplit("/", 1)[1], json.loads(request.body))
         return self._answer(result, 201 if result["created"] else 200)
 
+    def query(self, request):  # the lookup before creating: nothing was created behind our back
+        self.calls["query"] += 1
+        return self._answer({"totalSize": 0, "done": True, "records": []})
+
+    def create_many(self, request):
+        self.calls["collections create"] += 1
+        out = []
+        for r in json.loads(request.body)["records"]:
+            self.leads[r["Phone"]] = f"00Q{len(self.leads):012d}"
+            out.append({"id": self.leads[r["Phone"]], "success": True, "errors": []})
+        return self._answer(out)
+
     def upsert_many(self, request):
         self.calls["collections upsert"] += 1
         records = json.loads(request.body)["records"]
@@ -92,7 +112,8 @@ def events(n_events: int, n_contacts: int) -> list:
     return [aircall.parse(p) for p in mms_payloads(n_events, n_contacts)]
 
 
-def run(mode: str, evs: list, n_contacts: int, batch: int) -> tuple[Counter, int, int]:
+def run(mode: str, evs: list, n_contacts: int, batch: int,
+        new_numbers: bool = False) -> tuple[Counter, int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(data={
             "store": {"url": f"sqlite:///{tmp}/bench.db"},
@@ -101,11 +122,12 @@ def run(mode: str, evs: list, n_contacts: int, batch: int) -> tuple[Counter, int
             "salesforce": {"mode": "live", "username": "bench@acme.test", "password": "pw",
                            "security_token": "", "external_id_field": "MMS_Message_Id__c",
                            "mapping": str(ROOT / "mappings/salesforce.yaml"), "batch_size": 200,
-                           "contact_cache_ttl": 0 if mode == "naive" else 86400},
+                           "contact_cache_ttl": 0 if mode == "naive" else 86400,
+                           "unknown_number": {"action": "create_lead" if new_numbers else "skip"}},
         })
         rt = Runtime(cfg)
         writer = rt.pipeline.writers["salesforce"]
-        org = FakeOrg({f"415555{i:04d}": f"003{i:012d}" for i in range(n_contacts)})
+        org = FakeOrg({} if new_numbers else {f"415555{i:04d}": f"003{i:012d}" for i in range(n_contacts)})
         with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
             org.install(rsps)
             items = [(e, DeliveryContext(store=rt.store, config=cfg, media=default_media_views(e)))
@@ -120,6 +142,7 @@ def run(mode: str, evs: list, n_contacts: int, batch: int) -> tuple[Counter, int
                     writer.deliver(e, ctx)
             logins = sum(1 for c in rsps.calls if c.request.url == LOGIN)
         assert len(org.tasks) == len(evs) and not failed, (len(org.tasks), failed)
+        assert len(org.leads) == (n_contacts if new_numbers else 0)
         return org.calls, logins, len(org.tasks)
 
 
@@ -128,13 +151,17 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1000)
     ap.add_argument("--contacts", type=int, default=200)
     ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--new-numbers", action="store_true", help="numbers no record has yet (Leads created)")
     args = ap.parse_args()
     evs = events(args.events, args.contacts)
-    print(f"Salesforce API calls for {args.events} MMS events from {args.contacts} known contacts")
+    who = "new numbers (Leads created)" if args.new_numbers else "known contacts"
+    print(f"Salesforce API calls for {args.events} MMS events from {args.contacts} {who}")
     print(f"{'mode':<14}{'calls':>7}  {'per 1,000':>9}  {'logins':>6}  tasks  {'seconds':>7}  breakdown")
     for mode in ("batched", "per-message", "naive"):
+        if mode == "naive" and args.new_numbers:
+            continue  # without the contact cache every message would create another Lead
         t0 = time.perf_counter()
-        calls, logins, tasks = run(mode, evs, args.contacts, args.batch)
+        calls, logins, tasks = run(mode, evs, args.contacts, args.batch, args.new_numbers)
         took = time.perf_counter() - t0
         total = sum(calls.values())
         print(f"{mode:<14}{total:>7}  {total * 1000 / args.events:>9.1f}  {logins:>6}  {tasks:>5}  "

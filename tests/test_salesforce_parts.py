@@ -242,6 +242,42 @@ def test_deliver_many_one_search_one_collection_per_200(make_runtime, rsps):
     assert rt.store.get_record("salesforce", "m1") is None
 
 
+def test_new_numbers_in_a_batch_get_their_leads_from_one_lookup_and_one_create(make_runtime, rsps):
+    rt = make_runtime(salesforce=live(unknown_number={"action": "create_lead"}), hubspot={"mode": "off"})
+    writer = rt.pipeline.writers["salesforce"]
+    add_login(rsps)
+    add_search(rsps, [])  # none of the three numbers is known
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 1, "done": True, "records": [
+        {"attributes": {"type": "Lead"}, "Id": "00QLOST", "Phone": "+14155550002"}]})  # an answer lost earlier
+    rsps.add(responses.POST, f"{API}/composite/sobjects", json=[
+        {"id": "00QNEW0", "success": True, "errors": []},
+        {"id": None, "success": False, "errors": [
+            {"statusCode": "DUPLICATES_DETECTED", "message": "Use one of these records?", "fields": []}]}])
+    rsps.add(responses.PATCH, f"{API}/composite/sobjects/Task/MMS_Message_Id__c", json=[
+        {"id": f"00T{i}", "success": True, "errors": [], "created": True} for i in range(2)])
+    items = []
+    for i in range(3):
+        p = aircall_payload("sms_received")
+        p["data"].update(id=f"m{i}", external_number=f"+1 415 555 {i:04d}")
+        ev = aircall.parse(p)
+        items.append((ev, ctx_for(rt, ev)))
+    out = writer.deliver_many(items)
+    assert isinstance(out[0], Outcome) and isinstance(out[2], Outcome)
+    assert isinstance(out[1], PermanentError) and str(out[1]) == (
+        "Salesforce refused the record: DUPLICATES_DETECTED: Use one of these records?")
+    [query] = calls_to(rsps, "GET", "/query/")
+    assert sosl_of(query) == ("SELECT Id, Phone FROM Lead WHERE Phone IN ('+14155550000','+14155550001',"
+                              "'+14155550002') AND IsConverted = false ORDER BY CreatedDate, Id")
+    [create] = calls_to(rsps, "POST", "/composite/sobjects")
+    assert [r["Phone"] for r in body_of(create)["records"]] == ["+14155550000", "+14155550001"]
+    assert body_of(create)["records"][0] == {"attributes": {"type": "Lead"}, "LastName": "+14155550000",
+                                             "Company": "Unknown (+14155550000)", "Phone": "+14155550000"}
+    [tasks] = calls_to(rsps, "PATCH", "/composite/sobjects/Task/")
+    assert [r["WhoId"] for r in body_of(tasks)["records"]] == ["00QNEW0", "00QLOST"]
+    assert rt.store.get_contact("salesforce", "+14155550000")["record_id"] == "00QNEW0"
+    assert rt.store.get_contact("salesforce", "+14155550001") is None  # refused: free to try again
+
+
 # -- helpers --------------------------------------------------------------------------
 def live(**more) -> dict:
     return {"mode": "live", "username": "integration@acme.test", "password": "pw",

@@ -184,8 +184,8 @@ def test_unknown_number_creates_record_once(sf, rsps, action, sobject, expected)
     add_login(rsps)
     add_search(rsps, [])
     rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 0, "done": True, "records": []})
-    rsps.add(responses.POST, f"{API}/sobjects/{sobject}/", status=201,
-             json={"id": "NEW1", "success": True, "errors": []})
+    rsps.add(responses.POST, f"{API}/composite/sobjects", status=200,
+             json=[{"id": "NEW1", "success": True, "errors": []}])
     rsps.add(responses.PATCH, UPSERT + "abdcSM11da5f0b1", status=201, json={"id": "00T1", "success": True})
     rsps.add(responses.PATCH, UPSERT + "second", status=201, json={"id": "00T2", "success": True})
     post(aircall_payload("sms_received"))
@@ -193,12 +193,12 @@ def test_unknown_number_creates_record_once(sf, rsps, action, sobject, expected)
     second["data"]["id"] = "second"
     post(second)
     run()
-    [create] = calls_to(rsps, "POST", f"/sobjects/{sobject}/")
-    assert body_of(create) == expected
+    [create] = calls_to(rsps, "POST", "/composite/sobjects")
+    assert body_of(create) == {"allOrNone": False, "records": [{"attributes": {"type": sobject}, **expected}]}
     [query] = calls_to(rsps, "GET", "/query/")  # the database, not the lagging index, is asked first
     assert parse_qs(urlparse(query.request.url).query)["q"][0] == (
-        f"SELECT Id FROM {sobject} WHERE Phone = '+18704575426'"
-        + (" AND IsConverted = false" if sobject == "Lead" else "") + " ORDER BY CreatedDate, Id LIMIT 1")
+        f"SELECT Id, Phone FROM {sobject} WHERE Phone IN ('+18704575426')"
+        + (" AND IsConverted = false" if sobject == "Lead" else "") + " ORDER BY CreatedDate, Id")
     assert [body_of(c)["WhoId"] for c in calls_to(rsps, "PATCH", "/sobjects/Task/")] == ["NEW1", "NEW1"]
     assert len(calls_to(rsps, "GET", "/search/")) == 1  # the index lags: the created record is remembered
     assert rt.store.get_contact("salesforce", "+18704575426")["record_id"] == "NEW1"
@@ -214,7 +214,7 @@ def test_another_workers_create_in_progress_waits(sf, rsps):
     [row] = delivery_rows(rt)
     assert row["state"] == RETRYING
     assert row["last_error"] == "another worker is creating the record for +18704575426"
-    assert not calls_to(rsps, "POST", "/sobjects/Lead/")
+    assert not calls_to(rsps, "POST", "/composite/sobjects")
 
 
 def test_lead_created_by_a_lost_attempt_is_reused(sf, rsps):
@@ -222,11 +222,11 @@ def test_lead_created_by_a_lost_attempt_is_reused(sf, rsps):
     add_login(rsps)
     add_search(rsps, [])  # the search index does not show the new Lead yet
     rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 1, "done": True, "records": [
-        {"attributes": {"type": "Lead"}, "Id": "00QEARLIER"}]})
+        {"attributes": {"type": "Lead"}, "Id": "00QEARLIER", "Phone": "+18704575426"}]})
     rsps.add(responses.PATCH, UPSERT + "abdcSM11da5f0b1", status=201, json={"id": "00T1", "success": True})
     post(aircall_payload("sms_received"))
     run()
-    assert not calls_to(rsps, "POST", "/sobjects/Lead/")
+    assert not calls_to(rsps, "POST", "/composite/sobjects")
     assert body_of(calls_to(rsps, "PATCH", "/sobjects/Task/")[0])["WhoId"] == "00QEARLIER"
 
 

@@ -20,9 +20,9 @@ from simple_salesforce.format import format_external_id, format_soql
 from .. import ratelimit
 from ..events import MessageEvent, status_advances
 from ..mapping import Mapping, current
-from .base import (DeliveryContext, Outcome, PermanentError, RateLimited, TransientError,
+from .base import (DeliveryContext, Outcome, RateLimited, TransientError,
                    WriteError, entry_kind, template_context)
-from .salesforce_client import TRANSIENT_CODES, Refused, SalesforceClient, describe_errors, error_codes
+from .salesforce_client import Refused, SalesforceClient, describe_errors, error_codes, record_error
 from .salesforce_match import Link, Matcher, Skip, forget
 
 NAME = "salesforce"
@@ -309,10 +309,7 @@ class SalesforceWriter:
                 except TransientError as exc:
                     results[i] = exc
                     continue
-                if error_codes(errors) & TRANSIENT_CODES:
-                    results[i] = TransientError(f"Salesforce: {detail}")
-                else:
-                    results[i] = PermanentError(f"Salesforce refused the record: {detail}")
+                results[i] = record_error(errors)
 
 
 def build_writer(config, mapping: Mapping) -> SalesforceWriter:

@@ -63,6 +63,14 @@ def error_codes(content: Any) -> set[str]:
     return {str(e.get("errorCode") or e.get("statusCode") or "") for e in error_items(content)}
 
 
+def record_error(errors: Any) -> TransientError | PermanentError:
+    """One record's failure in an sObject Collections answer."""
+    detail = describe_errors(errors)
+    if error_codes(errors) & TRANSIENT_CODES:
+        return TransientError(f"Salesforce: {detail}")
+    return PermanentError(f"Salesforce refused the record: {detail}")
+
+
 class _Retryable(Exception):
     """Internal: a failure worth a quick in-call retry."""
 

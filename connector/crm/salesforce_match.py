@@ -5,7 +5,8 @@ in depth: nothing from a phone ever reaches the query unescaped). Salesforce kee
 as typed, so every candidate is confirmed client-side by normalizing its phone fields to
 E.164. Matches and created records are remembered in the store's contacts table, since
 the search index lags creates by minutes; a burst from a new number creates one record,
-whichever worker gets there first (an insert-if-absent marker row).
+whichever worker gets there first (an insert-if-absent marker row), and the records for a
+batch's new numbers are created together (one sObject Collections call per 200).
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from simple_salesforce.format import format_soql
 from .. import phones
 from ..config import SalesforceConfig
 from .base import TransientError, WriteError
-from .salesforce_client import SalesforceClient
+from .salesforce_client import SalesforceClient, record_error
 
 TARGET = "salesforce"
 SOSL_RESERVED = frozenset('?&|!{}[]()^~*:\\"\'+-')
 MAX_SEARCH_QUERY = 3900  # Salesforce drops OR operators from FIND terms over 4,000 characters
 CREATE_CLAIM_SECONDS = 120  # how long a "being created" marker holds off other workers
+COLLECTION_SIZE = 200  # records per sObject Collections call (Salesforce's maximum)
 NONE, CREATING = "none", "creating"
 
 PHONE_FIELDS = {
@@ -154,6 +156,7 @@ class Matcher:
                                         retry_after=5)
             else:
                 out[n] = Link(cached["record_type"], cached["record_id"])
+        to_create: list[str] = []
         for chunk in self._chunks(todo):
             try:
                 result = self.client.call("search/", params={"q": build_sosl(chunk, self.cfg.match.objects)})
@@ -163,7 +166,14 @@ class Matcher:
             records = (result or {}).get("searchRecords", []) if isinstance(result, dict) else []
             index = index_by_number(records, {phones.region_of(n) or phones.DEFAULT_REGION for n in chunk})
             for n in chunk:
-                out[n] = self._found_or_unknown(n, pick(records, n, self.cfg, index), store)
+                found = self._found_or_unknown(n, pick(records, n, self.cfg, index), store)
+                if found is None:
+                    to_create.append(n)
+                else:
+                    out[n] = found
+        if to_create:
+            sobject = "Lead" if self.cfg.unknown_number.action == "create_lead" else "Contact"
+            out.update(self._create(to_create, sobject, store))
         return out
 
     def _chunks(self, numbers: list[str]):
@@ -183,50 +193,83 @@ class Matcher:
         return (f"no {' or '.join(self.cfg.match.objects)} has the phone number {n} "
                 "(salesforce.unknown_number.action is skip)")
 
-    def _found_or_unknown(self, n: str, link: Link | None, store) -> Link | Skip | WriteError:
+    def _found_or_unknown(self, n: str, link: Link | None, store) -> Link | Skip | None:
+        """The record, or why there is none; None when one is to be created."""
         if link is not None:
             store.put_contact(TARGET, n, link.record_type, link.record_id, self.cfg.contact_cache_ttl)
             return link
-        action = self.cfg.unknown_number.action
-        if action == "skip":
+        if self.cfg.unknown_number.action == "skip":
             if self.cfg.unknown_cache_ttl:
                 store.put_contact(TARGET, n, NONE, None, self.cfg.unknown_cache_ttl)
             return Skip(self._skip_reason(n))
-        try:
-            return self._create(n, "Lead" if action == "create_lead" else "Contact", store)
-        except WriteError as exc:
-            return exc
+        return None
 
-    def _create(self, n: str, sobject: str, store) -> Link:
-        if not store.reserve_contact(TARGET, n, CREATING, CREATE_CLAIM_SECONDS):
-            raise TransientError(f"another worker is creating the record for {n}", retry_after=5)
+    def _create(self, numbers: list[str], sobject: str, store) -> dict[str, Link | WriteError]:
+        """Create a record for each number: one lookup and one sObject Collections create
+        per 200 numbers (a burst from new numbers costs two calls, not two per number)."""
+        out: dict[str, Link | WriteError] = {}
+        mine = []
+        for n in numbers:
+            if store.reserve_contact(TARGET, n, CREATING, CREATE_CLAIM_SECONDS):
+                mine.append(n)
+            else:
+                out[n] = TransientError(f"another worker is creating the record for {n}", retry_after=5)
+        for i in range(0, len(mine), COLLECTION_SIZE):
+            out.update(self._create_chunk(mine[i:i + COLLECTION_SIZE], sobject, store))
+        return out
+
+    def _new_record(self, n: str, sobject: str) -> dict:
         values = {"e164": n, "national": phones.national(n), "digits": phones.digits(n)}
-        fields = self.cfg.unknown_number.fields or DEFAULT_NEW_FIELDS[sobject]
         body = {}
-        for name, tmpl in fields.items():
+        for name, tmpl in (self.cfg.unknown_number.fields or DEFAULT_NEW_FIELDS[sobject]).items():
             for key, val in values.items():
                 tmpl = tmpl.replace("{" + key + "}", val)
             body[name] = tmpl
-        try:
-            # An earlier attempt may have created it with its answer lost, and search lags
-            # creates: look for the exact number (SOQL reads the database, not the index).
-            found = self._already_created(sobject, body)
-            if found:
-                link = Link(sobject, found, created=True)
-            else:
-                result = self.client.call(f"sobjects/{sobject}/", method="POST", json=body)
-                link = Link(sobject, result["id"], created=True)
-        except BaseException:
-            store.put_contact(TARGET, n, CREATING, None, -1)  # release the marker at once
-            raise
-        store.put_contact(TARGET, n, sobject, link.record_id, self.cfg.contact_cache_ttl)
-        return link
+        return body
 
-    def _already_created(self, sobject: str, body: dict) -> str | None:
-        if not body.get("Phone"):
-            return None
-        soql = format_soql("SELECT Id FROM {:literal} WHERE Phone = {}"
+    def _create_chunk(self, numbers: list[str], sobject: str, store) -> dict[str, Link | WriteError]:
+        bodies = {n: self._new_record(n, sobject) for n in numbers}
+        try:
+            # An earlier attempt may have created some with its answer lost, and search lags
+            # creates: look for the exact numbers (SOQL reads the database, not the index).
+            earlier = self._already_created(sobject, bodies)
+            todo = [n for n in numbers if n not in earlier]
+            answers = self.client.call("composite/sobjects", method="POST", json={
+                "allOrNone": False,
+                "records": [{"attributes": {"type": sobject}, **bodies[n]} for n in todo]}) if todo else []
+            if not isinstance(answers, list) or len(answers) != len(todo):
+                raise TransientError(f"Salesforce create of {len(todo)} {sobject} records: "
+                                     f"unexpected answer {str(answers)[:200]}")
+        except BaseException as exc:
+            for n in numbers:
+                store.put_contact(TARGET, n, CREATING, None, -1)  # release the markers at once
+            if isinstance(exc, WriteError):
+                return {n: exc for n in numbers}
+            raise
+        out: dict[str, Link | WriteError] = {}
+        created = dict(earlier)
+        for n, answer in zip(todo, answers):
+            if isinstance(answer, dict) and answer.get("success") and answer.get("id"):
+                created[n] = answer["id"]
+            else:
+                store.put_contact(TARGET, n, CREATING, None, -1)
+                out[n] = record_error((answer or {}).get("errors") if isinstance(answer, dict) else answer)
+        for n, record_id in created.items():
+            out[n] = Link(sobject, record_id, created=True)
+            store.put_contact(TARGET, n, sobject, record_id, self.cfg.contact_cache_ttl)
+        return out
+
+    def _already_created(self, sobject: str, bodies: dict[str, dict]) -> dict[str, str]:
+        """Number -> Id of the oldest record of ``sobject`` with exactly that Phone."""
+        by_phone = {b["Phone"]: n for n, b in bodies.items() if b.get("Phone")}
+        if not by_phone:
+            return {}
+        soql = format_soql("SELECT Id, Phone FROM {:literal} WHERE Phone IN {}"
                            + (" AND IsConverted = false" if sobject == "Lead" else "")
-                           + " ORDER BY CreatedDate, Id LIMIT 1", sobject, body["Phone"])
-        records = (self.client.call("query/", params={"q": soql}) or {}).get("records") or []
-        return records[0]["Id"] if records else None
+                           + " ORDER BY CreatedDate, Id", sobject, list(by_phone))
+        out: dict[str, str] = {}
+        for rec in (self.client.call("query/", params={"q": soql}) or {}).get("records") or []:
+            n = by_phone.get(rec.get("Phone"))
+            if n is not None and n not in out:
+                out[n] = rec["Id"]
+        return out
