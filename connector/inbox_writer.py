@@ -29,7 +29,8 @@ INBOX_COLUMNS = ("dedup_key", "provider", "message_id", "event", "status", "dire
 DELIVERY_COLUMNS = ("inbox_id", "target", "message_id", "state", "attempts", "next_at", "updated_at")
 
 
-NOT_WRITTEN = RuntimeError("the event was not stored: its transaction did not complete")
+class NotWritten(RuntimeError):
+    """The request's event was not stored: its transaction did not complete."""
 
 
 @dataclass
@@ -84,7 +85,8 @@ class InboxWriter:
                payload: str, targets: Iterable[str]) -> int | None:
         """Commit the event and its deliveries; its inbox id, or None for a duplicate."""
         slot = _Slot((dedup_key, provider, message_id, event_name, status, direction, external,
-                      time.time(), occurred_at, payload), tuple(targets), error=NOT_WRITTEN)
+                      time.time(), occurred_at, payload), tuple(targets),
+                     error=NotWritten("the event was not stored: its transaction did not complete"))
         slot.wake.acquire()
         with self._mutex:
             self._queue.append(slot)
@@ -125,8 +127,11 @@ class InboxWriter:
                 # dropped): once more on a fresh one. Safe: a repeated event is a duplicate.
                 self._commit(batch)
         except Exception as exc:
-            if len(batch) == 1:
-                batch[0].error = exc
+            if len(batch) == 1 or self._conn is None:
+                # One event, or no database to talk to even after reconnecting: retrying
+                # each event alone would only make every waiting request wait longer.
+                for slot in batch:
+                    slot.error = exc
             else:
                 # One bad event must not fail the others: each alone, in its own transaction.
                 for slot in batch:
@@ -174,13 +179,17 @@ class InboxWriter:
     def _insert_postgresql(self, conn, batch: list[_Slot]) -> list[int | None]:
         now = time.time()
         pg = conn.driver_connection
+        # In dedup-key order: two processes inserting the same keys take their unique-index
+        # locks in one order, so they queue instead of deadlocking.
+        order = sorted(range(len(batch)), key=lambda k: batch[k].row[0])
         with pg.pipeline():
-            cursors = [pg.execute(PG_INGEST, (*slot.row, slot.row[2], now, now, list(slot.targets)))
-                       for slot in batch]
+            cursors = {k: pg.execute(PG_INGEST, (*batch[k].row, batch[k].row[2], now, now,
+                                                 list(batch[k].targets)))
+                       for k in order}
             pg.commit()
         ids = []
-        for cur in cursors:
-            found = cur.fetchone()
+        for k in range(len(batch)):
+            found = cursors[k].fetchone()
             ids.append(found[0] if found else None)
         return ids
 

@@ -6,16 +6,19 @@ sleeps in steps of up to 100 ms and wrecks webhook latency when two gunicorn pro
 (or `serve` and a `worker`) share one database file. Writers queue in ``WriteLock``
 instead: a thread mutex inside the process, then a blocking ``flock`` on
 ``<database>.lock`` between processes, which the kernel hands over the moment it is
-released (the ``filelock`` package polls every 50 ms, the very wait this avoids).
+released (the ``filelock`` package polls every 50 ms, the very wait this avoids). The
+wait has no deadline: a holder that is stopped (not killed: the kernel drops a dead
+process's lock) holds up the other writers until it runs again.
 
 WAL checkpoints on a thread of their own: by default SQLite checkpoints inside the
 commit that grows the WAL past 1,000 pages, so that commit copies some 4 MB into the
 database file and syncs it while holding the write lock, and every webhook queued
 behind it waits (acknowledgement p99 at 200 requests/s on a 2-core machine: 26-37 ms
-that way, 19-27 ms this way). Our connections turn that off (``PRAGMA
-wal_autocheckpoint=0``) and each writing process runs a PASSIVE checkpoint five times a
-second from a ``Checkpointer`` thread: it copies what no reader still needs, never
+that way, 19-27 ms this way). Each writing process runs a PASSIVE checkpoint five times
+a second from a ``Checkpointer`` thread: it copies what no reader still needs, never
 blocks a writer, and small frequent copies stall less than one every few seconds.
+Commits checkpoint only as a backstop, should the WAL ever reach ``BACKSTOP_PAGES``
+(40 MB) without the thread.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import threading
 import time
 
 log = logging.getLogger("connector.store")
+
+BACKSTOP_PAGES = 10_000  # PRAGMA wal_autocheckpoint on our connections (SQLite's default: 1,000)
 
 try:
     import fcntl
@@ -89,11 +94,13 @@ class Checkpointer:
                 self._pid = os.getpid()
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA synchronous=NORMAL")  # as the store's connections
+        conn = None
         while True:
             time.sleep(self.interval)
             try:
+                if conn is None:
+                    conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                    conn.execute("PRAGMA synchronous=NORMAL")  # as the store's connections
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:  # busy with another process's checkpoint: next time
+            except Exception as exc:  # busy with another process's checkpoint, or worse: next time
                 log.debug("WAL checkpoint skipped: %s", exc)

@@ -18,9 +18,9 @@ from sqlalchemy import (
     Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
     and_, create_engine, event, func, inspect, or_, select, text, update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
-from .sqlite_writes import Checkpointer, WriteLock
+from .sqlite_writes import BACKSTOP_PAGES, Checkpointer, WriteLock
 
 metadata = MetaData()
 
@@ -179,7 +179,8 @@ def _sqlite_pragmas(engine: Engine, writer: bool) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=10000")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the commit path
+        # Checkpoints run off the commit path (connector/sqlite_writes.py); this is the backstop.
+        cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         cur.close()
 
     if writer:
@@ -191,8 +192,8 @@ def _sqlite_pragmas(engine: Engine, writer: bool) -> None:
 
 def make_engine(url: str, writer: bool = True) -> Engine:
     if url.startswith("sqlite"):
-        path = url[len("sqlite:///"):]
-        if path and path != ":memory:":
+        path = _sqlite_path(url)
+        if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10},
                                pool_size=16, max_overflow=16)
@@ -202,7 +203,7 @@ def make_engine(url: str, writer: bool = True) -> Engine:
 
 
 def _sqlite_path(url: str) -> str | None:
-    path = url[len("sqlite:///"):]
+    path = make_url(url).database  # without ?query parameters
     return None if not path or path == ":memory:" else path
 
 
@@ -238,7 +239,8 @@ class Store:
         self._insert_inbox = (_insert(inbox, self.dialect)
                               .on_conflict_do_nothing(index_elements=["dedup_key"]).returning(inbox.c.id))
         self._insert_deliveries = deliveries.insert()
-        self._inbox_writer = None
+        from .inbox_writer import InboxWriter
+        self._inbox_writer = InboxWriter(self)  # holds no connection until the first webhook
 
     @contextlib.contextmanager
     def write(self):
@@ -275,9 +277,6 @@ class Store:
 
         Committed before it returns, grouped with concurrent callers' events into one
         transaction (connector/inbox_writer.py)."""
-        if self._inbox_writer is None:
-            from .inbox_writer import InboxWriter
-            self._inbox_writer = InboxWriter(self)
         return self._inbox_writer.ingest(
             dedup_key=dedup_key, provider=provider, message_id=message_id, event_name=event_name,
             status=status, direction=direction, external=external, occurred_at=occurred_at,
@@ -349,25 +348,19 @@ class Store:
                                         provider=r.provider))
         return claimed
 
-    def renew_leases(self, ds: list[Delivery], lease_seconds: float, now: float | None = None) -> int:
-        """Extend the leases this claimer still holds (nobody swept or took them over)."""
+    def renew_leases(self, ds: list[Delivery], lease_seconds: float, now: float | None = None) -> set[int]:
+        """Extend the leases this claimer still holds (nobody swept or took them over);
+        the ids of those it still holds."""
         if not ds:
-            return 0
+            return set()
         now = now or time.time()
         with self.write() as conn:
-            res = conn.execute(update(deliveries).where(
+            rows = conn.execute(update(deliveries).where(
                 deliveries.c.id.in_([d.id for d in ds]),
                 deliveries.c.lease_owner == ds[0].lease_owner,
-                deliveries.c.state.in_(OPEN_STATES)).values(lease_until=now + lease_seconds))
-        return res.rowcount
-
-    def holds_lease(self, d: Delivery, now: float | None = None) -> bool:
-        """True while ``d``'s claimer still holds its lease (nobody else can have taken it)."""
-        now = now or time.time()
-        with self.read() as conn:
-            row = conn.execute(select(deliveries.c.lease_owner, deliveries.c.lease_until)
-                               .where(deliveries.c.id == d.id)).one_or_none()
-        return row is not None and row.lease_owner == d.lease_owner and (row.lease_until or 0) > now
+                deliveries.c.state.in_(OPEN_STATES)).values(lease_until=now + lease_seconds)
+                .returning(deliveries.c.id))
+            return {r.id for r in rows}
 
     def finish(self, d: Delivery, state: str, **outcome) -> bool:
         """Record a delivery's outcome; False if the lease was lost meanwhile.

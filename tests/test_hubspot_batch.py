@@ -191,3 +191,13 @@ def test_a_refused_contact_create_fails_only_its_messages(live, hub):
     [again] = writer.deliver_many(items(rt, 1, 3, start=1))
     assert isinstance(again, Outcome) and again.state == "delivered"
     assert len(hub.contacts) == 3
+
+
+def test_a_contacts_batch_refused_as_a_whole_is_retried_number_by_number(live, hub):
+    rt = live(unknown_number={"action": "create"})
+    writer = rt.pipeline.writers["hubspot"]
+    hub.fail_next("POST", CONTACTS_BATCH, hubspot_error(400, "Property values were not valid"))
+    results = writer.deliver_many(items(rt, 3, 3))
+    assert all(isinstance(r, Outcome) for r in results), results
+    assert [len(c[2]["inputs"]) for c in hub.calls("POST", CONTACTS_BATCH)] == [3, 1, 1, 1]
+    assert len(hub.contacts) == 3

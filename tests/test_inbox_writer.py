@@ -18,8 +18,7 @@ def store(request, tmp_path):
     s = Store(url)
     s.create_schema()
     yield s
-    if s._inbox_writer is not None:
-        s._inbox_writer.close()
+    s._inbox_writer.close()
     s.engine.dispose()
 
 
@@ -37,8 +36,8 @@ def counts(store: Store) -> tuple[int, int]:
 
 
 def writer(store: Store):
-    if store._inbox_writer is None:
-        ingest(store, "warm-up")  # builds the writer and its connection
+    if store._inbox_writer._conn is None:
+        ingest(store, "warm-up")  # opens the writer's connection
     return store._inbox_writer
 
 

@@ -278,6 +278,23 @@ def test_new_numbers_in_a_batch_get_their_leads_from_one_lookup_and_one_create(m
     assert rt.store.get_contact("salesforce", "+14155550001") is None  # refused: free to try again
 
 
+def test_a_create_whose_answer_timed_out_keeps_its_markers_until_the_lookup_can_see(make_runtime, rsps):
+    import requests
+    rt = make_runtime(salesforce=live(unknown_number={"action": "create_lead"}), hubspot={"mode": "off"})
+    writer = rt.pipeline.writers["salesforce"]
+    add_login(rsps)
+    add_search(rsps, [])
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 0, "done": True, "records": []})
+    rsps.add(responses.POST, f"{API}/composite/sobjects", body=requests.ReadTimeout("read timed out"))
+    p = aircall_payload("sms_received")
+    ev = aircall.parse(p)
+    [out] = writer.deliver_many([(ev, ctx_for(rt, ev))])
+    assert isinstance(out, TransientError)
+    # Salesforce may still create the Lead: nobody creates another until the marker expires.
+    assert rt.store.get_contact("salesforce", ev.external)["record_type"] == "creating"
+    assert len(calls_to(rsps, "POST", "/composite/sobjects")) == 1  # not repeated in the call
+
+
 # -- helpers --------------------------------------------------------------------------
 def live(**more) -> dict:
     return {"mode": "live", "username": "integration@acme.test", "password": "pw",

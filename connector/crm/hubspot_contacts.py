@@ -222,11 +222,11 @@ class ContactMatcher:
         """Create a contact for each number: one batch create per 100 (a burst from new
         numbers costs a call per hundred, not per number)."""
         out: dict[str, Contact | WriteError] = {}
-        inputs = []
+        inputs, contended = [], []
         for n in numbers:
             # The marker lives as long as HubSpot's search may lag a create whose answer was lost.
             if not store.reserve_contact(NAME, n, CREATING, 60, replaces=(NONE,)):
-                out[n] = self._await_creator(store, n)
+                contended.append(n)  # waited for below, once ours are created
                 continue
             props = self._new_contact(n)
             if isinstance(props, WriteError):
@@ -236,6 +236,8 @@ class ContactMatcher:
                 inputs.append({"properties": props, "associations": [], "objectWriteTraceId": n})
         for i in range(0, len(inputs), 100):
             out.update(self._create_chunk(store, inputs[i:i + 100]))
+        for n in contended:
+            out[n] = self._await_creator(store, n)
         return out
 
     def _new_contact(self, number: str) -> dict | WriteError:
@@ -258,18 +260,29 @@ class ContactMatcher:
                                 batch_input_simple_public_object_batch_input_for_create={"inputs": inputs})
         except Ambiguous as exc:
             return {n: exc for n in numbers}  # they may exist: the markers expire after search catches up
-        except WriteError as exc:
+        except PermanentError as exc:
+            if len(inputs) > 1:  # HubSpot refuses a whole batch for one bad input: find it
+                out: dict[str, Contact | WriteError] = {}
+                for inp in inputs:
+                    out.update(self._create_chunk(store, [inp]))
+                return out
+            store.drop_contact(NAME, numbers[0])
+            return {numbers[0]: exc}
+        except WriteError as exc:  # not created (refused before any work): free to try again
             for n in numbers:
                 store.drop_contact(NAME, n)
             return {n: exc for n in numbers}
         created = {r.object_write_trace_id: r for r in res.results or [] if r.object_write_trace_id}
         errors = errors_by_key(getattr(res, "errors", None))
-        out: dict[str, Contact | WriteError] = {}
+        out = {}
         for n in numbers:
             if n in created:
                 out[n] = Contact(str(created[n].id), created=True)
                 store.put_contact(NAME, n, CONTACT, out[n].encode(), self.cfg.contact_cache_ttl)
-            else:  # refused (207) or, oddly, left out of the answer: not created
+            elif n in errors:  # HubSpot refused this one: not created
                 store.drop_contact(NAME, n)
-                out[n] = errors.get(n) or TransientError(f"HubSpot did not create the contact for {n}")
+                out[n] = errors[n]
+            else:  # left out of the answer: maybe created; the marker holds until search shows it
+                out[n] = Ambiguous(f"HubSpot's batch answer does not mention the contact for {n}",
+                                   retry_after=60)
         return out

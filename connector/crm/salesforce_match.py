@@ -16,7 +16,7 @@ from simple_salesforce.format import format_soql
 
 from .. import phones
 from ..config import SalesforceConfig
-from .base import TransientError, WriteError
+from .base import PermanentError, RateLimited, TransientError, WriteError
 from .salesforce_client import SalesforceClient, record_error
 
 TARGET = "salesforce"
@@ -229,31 +229,49 @@ class Matcher:
 
     def _create_chunk(self, numbers: list[str], sobject: str, store) -> dict[str, Link | WriteError]:
         bodies = {n: self._new_record(n, sobject) for n in numbers}
+
+        def release(ns) -> None:
+            for n in ns:
+                store.put_contact(TARGET, n, CREATING, None, -1)
+
         try:
             # An earlier attempt may have created some with its answer lost, and search lags
             # creates: look for the exact numbers (SOQL reads the database, not the index).
             earlier = self._already_created(sobject, bodies)
-            todo = [n for n in numbers if n not in earlier]
-            answers = self.client.call("composite/sobjects", method="POST", json={
-                "allOrNone": False,
-                "records": [{"attributes": {"type": sobject}, **bodies[n]} for n in todo]}) if todo else []
-            if not isinstance(answers, list) or len(answers) != len(todo):
-                raise TransientError(f"Salesforce create of {len(todo)} {sobject} records: "
-                                     f"unexpected answer {str(answers)[:200]}")
-        except BaseException as exc:
-            for n in numbers:
-                store.put_contact(TARGET, n, CREATING, None, -1)  # release the markers at once
-            if isinstance(exc, WriteError):
-                return {n: exc for n in numbers}
+        except WriteError as exc:
+            release(numbers)
+            return {n: exc for n in numbers}
+        except BaseException:
+            release(numbers)
             raise
+        todo = [n for n in numbers if n not in earlier]
+        answers: list = []
+        if todo:
+            try:
+                answers = self.client.call("composite/sobjects", method="POST", json={
+                    "allOrNone": False,
+                    "records": [{"attributes": {"type": sobject}, **bodies[n]} for n in todo]})
+            except (PermanentError, RateLimited) as exc:  # refused: nothing was created
+                release(todo)
+                answers = [exc] * len(todo)
+            except WriteError as exc:
+                # A timeout or 5xx after sending: Salesforce may still create them. The
+                # markers stay (CREATE_CLAIM_SECONDS), then the lookup above finds them.
+                answers = [exc] * len(todo)
+            if not isinstance(answers, list) or len(answers) != len(todo):
+                err = TransientError(f"Salesforce create of {len(todo)} {sobject} records: "
+                                     f"unexpected answer {str(answers)[:200]}")
+                answers = [err] * len(todo)
         out: dict[str, Link | WriteError] = {}
         created = dict(earlier)
         for n, answer in zip(todo, answers):
-            if isinstance(answer, dict) and answer.get("success") and answer.get("id"):
+            if isinstance(answer, WriteError):
+                out[n] = answer
+            elif isinstance(answer, dict) and answer.get("success") and answer.get("id"):
                 created[n] = answer["id"]
             else:
-                store.put_contact(TARGET, n, CREATING, None, -1)
-                out[n] = record_error((answer or {}).get("errors") if isinstance(answer, dict) else answer)
+                release([n])
+                out[n] = record_error(answer.get("errors") if isinstance(answer, dict) else answer)
         for n, record_id in created.items():
             out[n] = Link(sobject, record_id, created=True)
             store.put_contact(TARGET, n, sobject, record_id, self.cfg.contact_cache_ttl)

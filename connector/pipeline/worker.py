@@ -82,11 +82,11 @@ class Pipeline:
         prepared = self._prepare(d)
         if isinstance(prepared, BaseException):
             return self.record(d, prepared)
-        if not self.store.holds_lease(d):
-            return self._lost(d)
         event, writer, ctx = prepared
         try:
-            with self._leases_kept([d]):
+            with self._leases_kept([d]) as held:
+                if d.id not in held:
+                    return self._lost(d)
                 result = writer.deliver(event, ctx)
         except Exception as exc:
             result = exc
@@ -96,8 +96,11 @@ class Pipeline:
     def _leases_kept(self, ds: list[Delivery]):
         """Renew ``ds``'s leases every third of a lease while their CRM call runs: a call
         slowed by rate-limit waits and retries must not outlive its lease, or another
-        worker would take the deliveries over and write the same messages again."""
+        worker would take the deliveries over and write the same messages again.
+        Yields the ids still held when the call starts: only those may be written."""
         lease = self.config.worker.lease_seconds
+        held = self.store.renew_leases(ds, lease)
+        ds = [d for d in ds if d.id in held]
         done = threading.Event()
 
         def keep() -> None:
@@ -110,7 +113,7 @@ class Pipeline:
         keeper = threading.Thread(target=keep, name="lease-keeper", daemon=True)
         keeper.start()
         try:
-            yield
+            yield held
         finally:
             done.set()
             keeper.join()
@@ -127,21 +130,24 @@ class Pipeline:
             if time.monotonic() - renewed > lease / 3:
                 # Preparing a whole batch (media fetches) can take longer than one lease:
                 # keep the batch's leases alive while we work, or nobody ever writes it.
-                self.store.renew_leases(batch[i:], lease)
+                self.store.renew_leases(batch, lease)
                 renewed = time.monotonic()
             prepared = self._prepare(d)
             if isinstance(prepared, BaseException):
                 states[i] = self.record(d, prepared)
-            elif not self.store.holds_lease(d):
-                states[i] = self._lost(d)
             else:
                 items.append(prepared)
                 where.append(i)
         if items:
             writer = items[0][1]
             try:
-                with self._leases_kept([batch[i] for i in where]):
-                    results = list(writer.deliver_many([(event, ctx) for event, _, ctx in items]))
+                with self._leases_kept([batch[i] for i in where]) as held:
+                    for i in [i for i in where if batch[i].id not in held]:
+                        states[i] = self._lost(batch[i])
+                    items = [it for it, i in zip(items, where) if batch[i].id in held]
+                    where = [i for i in where if batch[i].id in held]
+                    results = list(writer.deliver_many([(event, ctx) for event, _, ctx in items])) \
+                        if items else []
                 if len(results) != len(items):
                     raise TransientError(f"{writer.name} answered {len(results)} outcomes for "
                                          f"{len(items)} items")
