@@ -184,3 +184,27 @@ def test_a_batch_slower_to_prepare_than_one_lease_keeps_its_leases(make_runtime)
 
     assert writer.calls == [["m1", "m2", "m3", "m4", "m5", "m6"]]
     assert {m: s["hubspot"][0] for m, s in _states(rt).items()} == {f"m{i}": "delivered" for i in range(1, 7)}
+
+
+def test_a_batch_item_taken_over_while_the_batch_was_prepared_is_not_written(make_runtime):
+    import time
+    writer = BatchWriter()
+    rt, client = _setup(make_runtime, writer, size=3)
+    for m in ("m1", "m2", "m3"):
+        _post(client, m)
+    batch = [d for d in rt.store.claim("slow-worker", lease_seconds=60, limit=10) if d.target == "hubspot"]
+    real_media = rt.pipeline.media
+    prepared = []
+
+    def media(event, d):
+        prepared.append(d.message_id)
+        if d.message_id == "m3":  # meanwhile m1's lease ran out and another worker took it
+            [taken] = rt.store.claim("other-worker", lease_seconds=60, now=time.time() + 61,
+                                     target="hubspot", limit=1)
+            assert taken.message_id == "m1"
+        return real_media(event, d)
+
+    rt.pipeline.media = media
+    states = rt.pipeline.process_batch(sorted(batch, key=lambda d: d.message_id))
+    assert states == ["lost", "delivered", "delivered"]
+    assert writer.calls == [["m2", "m3"]]  # m1 belongs to the other worker now
