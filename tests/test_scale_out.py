@@ -1,6 +1,7 @@
 """The scaled-out mode: Redis nudges, the WSGI entry, and gunicorn + workers on PG/Redis."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import os
@@ -26,6 +27,31 @@ def _answers(url: str, proc) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+@contextlib.contextmanager
+def scaled_out(tmp_path, data: dict, gunicorn_args=("-w", "2", "--threads", "8")):
+    """README's scaled-out commands: gunicorn web processes and two `mms-connector worker`
+    processes on ``data``'s config; yields (base URL, config path). Fails the test if any
+    process logged a traceback."""
+    path = write_config(tmp_path / "c.yaml", data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMS_CONNECTOR_CONFIG": str(path)}
+    port = free_port()
+    log = open(tmp_path / "procs.log", "ab")
+    procs = [subprocess.Popen([sys.executable, "-m", "gunicorn", *gunicorn_args, "-b", f"127.0.0.1:{port}",
+                               "connector.web.wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=log)]
+    procs += [subprocess.Popen([sys.executable, "-m", "connector.cli", "worker", "--config", str(path)],
+                               cwd=ROOT, env=env, stdout=log, stderr=log) for _ in range(2)]
+    try:
+        # gunicorn's master accepts before its workers have booted: wait for a real answer.
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/readyz", procs[0]), timeout=60, what="gunicorn")
+        yield f"http://127.0.0.1:{port}", path
+    finally:
+        for p in procs:
+            stop(p)
+        log.close()
+    text = (tmp_path / "procs.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
 
 
 def test_a_stored_webhook_nudges_workers_through_redis(tmp_path, redis_url):
@@ -88,23 +114,13 @@ def test_two_gunicorn_web_processes_and_two_workers_on_postgresql_and_redis(tmp_
     url, prefix = redis_url
     data = base_config(tmp_path, store={"url": pg_url}, queue={"url": url, "prefix": prefix},
                        worker={"poll_interval": 5})  # slow polling: the nudge must do the waking
-    path = write_config(tmp_path / "c.yaml", data)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMS_CONNECTOR_CONFIG": str(path)}
-    port = free_port()
-    log = open(tmp_path / "procs.log", "ab")
-    procs = [subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
-                               "connector.web.wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=log)]
-    procs += [subprocess.Popen([sys.executable, "-m", "connector.cli", "worker", "--config", str(path)],
-                               cwd=ROOT, env=env, stdout=log, stderr=log) for _ in range(2)]
-    try:
-        # gunicorn's master accepts before its workers have booted: wait for a real answer.
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/readyz", procs[0]), timeout=60, what="gunicorn")
+    with scaled_out(tmp_path, data, gunicorn_args=("-w", "2")) as (base, path):
         statuses = []
         for i in range(20):
             body = copy.deepcopy(aircall_payload("mms_received" if i % 2 else "sms_received"))
             body["data"]["id"] = f"burst-{i}"
-            statuses.append(requests.post(f"http://127.0.0.1:{port}/webhooks/aircall", json=body, timeout=10).status_code)
-            requests.post(f"http://127.0.0.1:{port}/webhooks/aircall", json=body, timeout=10)  # redelivery
+            statuses.append(requests.post(f"{base}/webhooks/aircall", json=body, timeout=10).status_code)
+            requests.post(f"{base}/webhooks/aircall", json=body, timeout=10)  # redelivery
         assert statuses == [200] * 20
         rt = Runtime(load_config(path))
         events = wait_for(lambda: (ev := rt.store.list_events(limit=100)) and all(
@@ -113,12 +129,6 @@ def test_two_gunicorn_web_processes_and_two_workers_on_postgresql_and_redis(tmp_
         assert sorted(e["message_id"] for e in events) == sorted(f"burst-{i}" for i in range(20))
         assert {tuple(sorted(e["targets"])) for e in events} == {("hubspot", "salesforce")}
         assert all(t["attempts"] == 1 for e in events for t in e["targets"].values())
-    finally:
-        for p in procs:
-            stop(p)
-        log.close()
-    text = (tmp_path / "procs.log").read_text()
-    assert "Traceback" not in text, text[-3000:]
 
 
 def test_a_concurrent_burst_with_redeliveries_through_two_web_processes_and_two_workers_reaches_hubspot_once_each_within_the_shared_limit(
@@ -141,25 +151,15 @@ def test_a_concurrent_burst_with_redeliveries_through_two_web_processes_and_two_
                        hubspot={"mode": "live", "base_url": hub.url, "access_token": "pat-test",
                                 "requests_per_10s": 10, "batch_size": 10},
                        worker={"poll_interval": 1, "batch_wait": 0.2})
-    path = write_config(tmp_path / "c.yaml", data)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMS_CONNECTOR_CONFIG": str(path)}
-    port = free_port()
-    log = open(tmp_path / "procs.log", "ab")
-    procs = [subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "8",
-                               "-b", f"127.0.0.1:{port}", "connector.web.wsgi:app"],
-                              cwd=ROOT, env=env, stdout=log, stderr=log)]
-    procs += [subprocess.Popen([sys.executable, "-m", "connector.cli", "worker", "--config", str(path)],
-                               cwd=ROOT, env=env, stdout=log, stderr=log) for _ in range(2)]
     messages = mms_payloads(120, 30, prefix="burst")
     for body in messages:
         body["token"] = TOKEN
         body["data"].pop("media_details", None)  # text only: the fixture's media host does not exist
-    try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/readyz", procs[0]), timeout=60, what="gunicorn")
+    with scaled_out(tmp_path, data) as (base, path):
         session = requests.Session()
 
         def post(body):
-            r = session.post(f"http://127.0.0.1:{port}/webhooks/aircall", json=body, timeout=30)
+            r = session.post(f"{base}/webhooks/aircall", json=body, timeout=30)
             return r.status_code, r.json()["status"]
 
         with ThreadPoolExecutor(16) as pool:
@@ -183,9 +183,3 @@ def test_a_concurrent_burst_with_redeliveries_through_two_web_processes_and_two_
         # and the burst needed more than one window's worth of calls.
         assert hub.too_many == 0 and hub.peak <= 10 and len(hub.requests) > 10
         rt.store.engine.dispose()
-    finally:
-        for p in procs:
-            stop(p)
-        log.close()
-    text = (tmp_path / "procs.log").read_text()
-    assert "Traceback" not in text, text[-3000:]
