@@ -114,6 +114,17 @@ def test_remaining_zero_holds_back_the_next_send(oclient, ort, httpserver):
     assert [m.state for m in outbox_rows(ort)] == [OUT_SENT, OUT_QUEUED]
 
 
+def test_remaining_zero_holds_back_the_queued_sends_of_every_process(oclient, ort, httpserver):
+    queue(oclient, "one")
+    queue(oclient, "two")
+    expect_send(httpserver, headers={"X-AircallApi-Remaining": "0", "X-AircallApi-Reset": str(int(time.time()) + 60)})
+    [first] = Outbox(ort.store).claim("this-process", 60, limit=1)
+    assert ort.outbound.process(first) == "sent"
+    # Another process (its own client, which never saw the header) holds back too.
+    assert ort.make().outbound.run_once() == 0
+    assert [r["body"] for r in send_requests(httpserver)] == ["one"]
+
+
 def test_503_is_retried(oclient, ort, httpserver):
     queue(oclient)
     expect_send(httpserver, {"error": "maintenance"}, status=503)

@@ -118,6 +118,10 @@ class OutboundSender:
             entry = None
         self.outbox.mark_sent(m, str(response["id"]), response, entry)
         log.info("outbound %s: sent as Aircall message %s", m.public_id, response["id"])
+        if self.client.blocked_until > time.time():
+            # X-AircallApi-Remaining: 0 — the company's allowance is spent until the reset,
+            # for every process: hold the queued sends in the store, not just in this client.
+            self.outbox.hold_queued(self.client.blocked_until)
         return "sent"
 
     def _failed_send(self, m: OutboundMessage, exc: aircall.SendError) -> str:
