@@ -253,6 +253,12 @@ class Store:
     def read(self):
         return self.read_engine.connect()
 
+    def close(self) -> None:
+        """Close the webhook writer's connection and every pooled one."""
+        self._inbox_writer.close()
+        self.engine.dispose()
+        self.read_engine.dispose()
+
     def create_schema(self) -> None:
         """Upgrade the schema to the newest migration (creating it on a new database)."""
         from . import migrations

@@ -126,6 +126,19 @@ def pg_url(pg_database) -> str:
         engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """A new store, once on SQLite and once on the session's PostgreSQL."""
+    from connector.store import Store
+
+    url = (f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    s = Store(url)
+    s.create_schema()
+    yield s
+    s.close()
+
+
 @pytest.fixture
 def redis_url():
     """The test Redis, with a key prefix of our own (``?prefix=``); keys removed after."""

@@ -5,21 +5,9 @@ import json
 import threading
 import time
 
-import pytest
 from sqlalchemy import func, select, text
 
 from connector.store import Store, deliveries, inbox
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    url = (f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_url"))
-    s = Store(url)
-    s.create_schema()
-    yield s
-    s._inbox_writer.close()
-    s.engine.dispose()
 
 
 def ingest(store: Store, message_id: str, provider: str | None = "aircall"):
@@ -130,8 +118,7 @@ def test_a_broken_connection_is_replaced_and_the_event_stored(pg_url):
     assert isinstance(ingest(store, "after-restart"), int)
     assert w._conn.driver_connection.info.backend_pid != pid
     assert counts(store) == (2, 4)
-    w.close()
-    store.engine.dispose()
+    store.close()
 
 
 def test_a_write_that_cannot_start_fails_its_requests_and_the_next_one_works(store):

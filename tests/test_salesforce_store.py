@@ -5,20 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
-from connector.store import Store
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    url = (f"sqlite:///{tmp_path / 'sf.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_url"))
-    s = Store(url)
-    s.create_schema()
-    yield s
-    s.engine.dispose()
-
 
 def test_one_worker_wins_the_create_marker(store):
     wins: list[bool] = []

@@ -27,7 +27,7 @@ def test_commits_never_checkpoint_the_wal(tmp_path):
     fill(store, 800)  # some 6,000 WAL frames: SQLite's default checkpoints every 1,000
     assert db.stat().st_size == before  # nothing copied into the database file by a commit
     assert (tmp_path / "c.db-wal").stat().st_size > 4_000_000
-    store.engine.dispose()
+    store.close()
 
 
 def test_the_checkpointer_thread_copies_the_wal_into_the_database(tmp_path):
@@ -43,7 +43,7 @@ def test_the_checkpointer_thread_copies_the_wal_into_the_database(tmp_path):
     assert db.stat().st_size > before + 2_000_000
     with store.read() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM inbox").scalar() == 800
-    store.engine.dispose()
+    store.close()
 
 
 def _hold(path: str, entered, release, log: str) -> None:
