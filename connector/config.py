@@ -40,6 +40,9 @@ class ServerConfig(_Section):
 
 class StoreConfig(_Section):
     url: str = "sqlite:///data/connector.db"
+    # Under load, how long the webhook write waits for other requests of its process to
+    # join its transaction (0: never). Only while others are being answered.
+    commit_delay: float = Field(0.001, ge=0, le=0.05)
 
 
 class QueueConfig(_Section):

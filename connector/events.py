@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"
@@ -45,8 +45,7 @@ def status_advances(current: str | None, new: str) -> bool:
     return STATUS_RANK.get(new, -1) > STATUS_RANK.get(current, -1)
 
 
-@dataclass(frozen=True)
-class Media:
+class Media(NamedTuple):  # a tuple: six of them per webhook cost a frozen dataclass's 20 us
     url: str
     file_name: str = ""
     content_type: str = ""

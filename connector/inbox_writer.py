@@ -6,7 +6,10 @@ CRM), writes them in one transaction and wakes the others, whose events are then
 committed; events queued meanwhile go in the next transaction, led by one of theirs.
 So every event is still committed before its 200, but under a burst N requests share
 one commit (one WAL flush on PostgreSQL, one WAL append on SQLite) instead of paying
-for N; a lone request writes at once, with no waiting for company.
+for N. A transaction's fixed cost (SQLite writes every page it touches to the WAL,
+about ten) is most of an event's, so while other requests of the process are being
+answered the writer waits up to ``store.commit_delay`` for them to join (as
+PostgreSQL's commit_delay and commit_siblings); a lone request writes at once.
 
 The statements are plain SQL run on a DB-API connection the writer keeps: on this path
 SQLAlchemy's per-execution bookkeeping cost more than the insert itself. Their column
@@ -79,6 +82,14 @@ class InboxWriter:
         self._writing = False
         self._conn = None  # the pooled DB-API connection this writer keeps checked out
         self._conn_pid = 0
+        self._window = 0.0
+        self._others = lambda: 0  # requests of this process being answered besides the caller
+        self._joined = threading.Event()  # set when as many events are queued as were awaited
+        self._awaited = 0
+
+    def join_window(self, seconds: float, others) -> None:
+        """Wait up to ``seconds`` for company while ``others()`` says requests are in flight."""
+        self._window, self._others = seconds, others
 
     def ingest(self, *, dedup_key: str, provider: str, message_id: str, event_name: str,
                status: str, direction: str, external: str, occurred_at: float,
@@ -92,10 +103,14 @@ class InboxWriter:
             self._queue.append(slot)
             lead = not self._writing
             self._writing = True
+            if len(self._queue) == self._awaited:
+                self._joined.set()
         if not lead:
             slot.wake.acquire()  # released by the writer of this event, or to lead the next
         if not slot.done:
-            # Lead: take everything queued so far and write it in one transaction.
+            # Lead: give the requests in flight a moment to join, then take everything
+            # queued so far and write it in one transaction.
+            self._await_company()
             with self._mutex:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
@@ -116,6 +131,21 @@ class InboxWriter:
         return slot.inbox_id
 
     # -- the leader's side ---------------------------------------------------------------
+    def _await_company(self) -> None:
+        if self._window <= 0:
+            return
+        others = self._others()
+        if others <= 0:
+            return
+        with self._mutex:
+            self._awaited = min(1 + others, MAX_BATCH)  # every request in flight, queued
+            if len(self._queue) >= self._awaited:
+                return
+            self._joined.clear()
+        self._joined.wait(self._window)
+        with self._mutex:
+            self._awaited = 0
+
     def _write(self, batch: list[_Slot]) -> None:
         try:
             try:

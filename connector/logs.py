@@ -73,8 +73,10 @@ class Redactor:
                 text = text.replace(s, REDACTED)
         low = text.lower()
         for needles, pattern, repl in _PATTERNS:
-            if any(n in low for n in needles):
-                text = pattern.sub(repl, text)
+            for needle in needles:
+                if needle in low:
+                    text = pattern.sub(repl, text)
+                    break
         return text
 
 
@@ -85,10 +87,13 @@ class RedactingFormatter(logging.Formatter):
         super().__init__()
         self.inner = inner
         self.redactor = redactor
+        # A plain line holds the message and traceback as they are, so redacting the line
+        # covers them; JSON escapes them, which can hide a pattern, so they go first.
+        self.escapes = not type(inner) is logging.Formatter
 
     def format(self, record: logging.LogRecord) -> str:
-        # Redact the message and traceback before the inner formatter escapes them (JSON),
-        # then the whole line, for anything the inner formatter added.
+        if not self.escapes:
+            return self.redactor(self.inner.format(record))
         clean = logging.makeLogRecord(record.__dict__)
         clean.msg, clean.args = self.redactor(record.getMessage()), None
         if record.exc_info and not record.exc_text:

@@ -72,6 +72,7 @@ class Metrics:
                                ["target", "reason"], registry=r)
         self.dead_lettered = Counter(f"{PREFIX}_dead_lettered", "Deliveries moved to the dead letters",
                                      ["target"], registry=r)
+        self._inbound: dict = {}  # (endpoint, result) -> its two labelled children
         self.store = store
         if store is not None:
             r.register(StoreCollector(store))
@@ -85,6 +86,16 @@ class Metrics:
                 reg.register(StoreCollector(self.store))
             return generate_latest(reg)
         return generate_latest(self.registry)
+
+    def inbound(self, endpoint: str, result: str, seconds: float | None) -> None:
+        """One answered inbound request (webhook, trigger, API call) and its latency."""
+        children = self._inbound.get((endpoint, result))
+        if children is None:  # labels() costs more than the counting: once per pair
+            children = self._inbound[(endpoint, result)] = (
+                self.webhooks.labels(endpoint, result), self.ack_latency.labels(endpoint))
+        children[0].inc()
+        if seconds is not None:
+            children[1].observe(seconds)
 
     # -- what the pipeline reports ---------------------------------------------------
     def write(self, target: str, outcome: str) -> None:

@@ -39,6 +39,8 @@ class Runtime:
         self.in_flight = 0  # web requests being answered; workers in this process give way
         self._in_flight_lock = threading.Lock()
         self._sender = None
+        # The webhook write waits for company only while other requests are in flight.
+        self.store.inbox_writer.join_window(config.store.commit_delay, lambda: self.in_flight - 1)
 
     @property
     def pipeline(self) -> Pipeline:

@@ -240,7 +240,7 @@ class Store:
                               .on_conflict_do_nothing(index_elements=["dedup_key"]).returning(inbox.c.id))
         self._insert_deliveries = deliveries.insert()
         from .inbox_writer import InboxWriter
-        self._inbox_writer = InboxWriter(self)  # holds no connection until the first webhook
+        self.inbox_writer = InboxWriter(self)  # holds no connection until the first webhook
 
     @contextlib.contextmanager
     def write(self):
@@ -255,7 +255,7 @@ class Store:
 
     def close(self) -> None:
         """Close the webhook writer's connection and every pooled one."""
-        self._inbox_writer.close()
+        self.inbox_writer.close()
         self.engine.dispose()
         self.read_engine.dispose()
 
@@ -283,7 +283,7 @@ class Store:
 
         Committed before it returns, grouped with concurrent callers' events into one
         transaction (connector/inbox_writer.py)."""
-        return self._inbox_writer.ingest(
+        return self.inbox_writer.ingest(
             dedup_key=dedup_key, provider=provider, message_id=message_id, event_name=event_name,
             status=status, direction=direction, external=external, occurred_at=occurred_at,
             payload=payload, targets=targets)

@@ -24,9 +24,9 @@ def counts(store: Store) -> tuple[int, int]:
 
 
 def writer(store: Store):
-    if store._inbox_writer._conn is None:
+    if store.inbox_writer._conn is None:
         ingest(store, "warm-up")  # opens the writer's connection
-    return store._inbox_writer
+    return store.inbox_writer
 
 
 def queued_while_locked(store: Store, calls: list) -> tuple[dict, dict]:
@@ -146,3 +146,41 @@ def test_the_writer_sql_names_every_column_an_event_needs():
     from connector.inbox_writer import DELIVERY_COLUMNS, INBOX_COLUMNS
     assert list(INBOX_COLUMNS) == [c.name for c in inbox.columns if c.name != "id"]
     assert set(DELIVERY_COLUMNS) == {c.name for c in deliveries.columns if not c.nullable and c.name != "id"}
+
+
+def test_a_lone_request_does_not_wait_for_company(store):
+    w = writer(store)
+    waits = []
+    w._joined.wait = lambda timeout=None: waits.append(timeout)
+    w.join_window(30.0, lambda: 0)  # nothing else in flight
+    assert isinstance(ingest(store, "alone"), int)
+    assert waits == []
+    assert counts(store) == (2, 4)
+
+
+def test_requests_in_flight_join_the_leaders_transaction(store):
+    w = writer(store)
+    batches = []
+    real = w._commit
+    w._commit = lambda batch: (batches.append(len(batch)), real(batch))[1]
+    w.join_window(30.0, lambda: 2)  # two more requests of this process are being answered
+    results = {}
+    threads = [threading.Thread(target=lambda m=m: results.update({m: ingest(store, m)}))
+               for m in ("j1", "j2", "j3")]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+        time.sleep(0.05)  # they arrive one after another, while the first one waits
+    for t in threads:
+        t.join(20)
+    assert batches == [3]  # one transaction, written as soon as all three were queued
+    assert time.monotonic() - started < 20  # not after the whole 30 s window
+    assert sorted(results) == ["j1", "j2", "j3"] and all(isinstance(v, int) for v in results.values())
+    assert counts(store) == (4, 8)
+
+
+def test_company_that_never_comes_only_costs_the_window(store):
+    w = writer(store)
+    w.join_window(0.05, lambda: 5)  # in flight, but none of them will write
+    assert isinstance(ingest(store, "waited"), int)
+    assert counts(store) == (2, 4)

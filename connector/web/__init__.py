@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import time
 
-from flask import Flask, g, jsonify
+from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..config import Config
 from ..runtime import Runtime
+
+RECEIVED_AT = "connector.received_at"  # WSGI environ key: when the request arrived
 
 
 def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
@@ -15,12 +17,19 @@ def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     rt = app.extensions["connector"] = runtime or Runtime(config)
 
-    @app.before_request
-    def _started():
-        g.received_at = time.perf_counter()  # for the acknowledgement latency histogram
-        rt.request_started()  # workers running in this process give way meanwhile
+    # Around Flask rather than in its before/teardown hooks: the same effect for a
+    # fraction of the per-request cost, on every webhook.
+    flask_app = app.wsgi_app
 
-    app.teardown_request(lambda _exc: rt.request_finished())
+    def counted(environ, start_response):
+        environ[RECEIVED_AT] = time.perf_counter()  # for the acknowledgement latency histogram
+        rt.request_started()  # workers running in this process give way meanwhile
+        try:
+            return flask_app(environ, start_response)
+        finally:
+            rt.request_finished()
+
+    app.wsgi_app = counted
 
     from . import health, media, outbound, webhooks
     app.register_blueprint(webhooks.bp)

@@ -5,6 +5,8 @@ import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from . import RECEIVED_AT
+
 bp = Blueprint("health", __name__)
 
 # Paths whose requests are counted as inbound traffic (webhooks, outbound triggers, API).
@@ -83,9 +85,8 @@ def metrics():
 @bp.after_app_request
 def _count_inbound(response):
     rule = request.url_rule
-    if rule is None or not request.path.startswith(INBOUND_PREFIXES):
+    if rule is None or not rule.rule.startswith(INBOUND_PREFIXES):
         return response
-    rt = current_app.extensions["connector"]
     code = response.status_code
     if 200 <= code < 300:
         result = g.get("result") or "accepted"  # set by the handler: stored, duplicate, ...
@@ -93,8 +94,7 @@ def _count_inbound(response):
         result = "error"
     else:
         result = _RESULT_BY_CODE.get(code, "rejected_payload")
-    rt.metrics.webhooks.labels(rule.rule, result[:40]).inc()
-    started = g.get("received_at")
-    if started is not None:
-        rt.metrics.ack_latency.labels(rule.rule).observe(time.perf_counter() - started)
+    started = request.environ.get(RECEIVED_AT)
+    current_app.extensions["connector"].metrics.inbound(
+        rule.rule, result[:40], None if started is None else time.perf_counter() - started)
     return response
