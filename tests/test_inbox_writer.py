@@ -184,3 +184,19 @@ def test_company_that_never_comes_only_costs_the_window(store):
     w.join_window(0.05, lambda: 5)  # in flight, but none of them will write
     assert isinstance(ingest(store, "waited"), int)
     assert counts(store) == (2, 4)
+
+
+def test_on_postgresql_the_kept_connection_goes_back_to_the_pool_transactional(pg_url):
+    # The writer's one statement commits itself; other users of the pool need transactions.
+    s = Store(pg_url)
+    s.create_schema()
+    try:
+        w = writer(s)
+        kept = w._conn.driver_connection
+        assert kept.autocommit is True
+        w.close()
+        assert kept.autocommit is False
+        assert isinstance(ingest(s, "after-close"), int)  # the writer takes a connection again
+        assert counts(s) == (2, 4)
+    finally:
+        s.close()
