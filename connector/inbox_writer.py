@@ -200,9 +200,8 @@ class InboxWriter:
         try:
             cur.execute("BEGIN IMMEDIATE")
             cur.execute(SQLITE_INBOX + ", ".join([SQLITE_INBOX_ROW] * len(batch))
-                        + " ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key",
-                        [v for slot in batch for v in slot.row])
-            new = {key: inbox_id for inbox_id, key in cur.fetchall()}
+                        + " ON CONFLICT (dedup_key) DO NOTHING", [v for slot in batch for v in slot.row])
+            new = self._new_ids(cur, batch)
             ids, queued = [], []
             for slot in batch:
                 inbox_id = new.pop(slot.row[0], None)  # a key twice in one batch: the first wins
@@ -216,6 +215,20 @@ class InboxWriter:
             return ids
         finally:
             cur.close()
+
+    @staticmethod
+    def _new_ids(cur, batch: list[_Slot]) -> dict[str, int]:
+        """Dedup key -> id of the rows the INSERT just made (not RETURNING: each returned
+        row is one more sqlite3 step, each step lets go of the GIL, and the write lock is
+        held until it comes back). Each new row's id is one above the table's largest, in
+        VALUES order, and no one else writes meanwhile: the k rows made are last-k+1..last."""
+        made, last = cur.rowcount, cur.lastrowid
+        if made == len(batch):  # no duplicate: the ids follow the batch's order
+            return {slot.row[0]: last - made + 1 + i for i, slot in enumerate(batch)}
+        if made <= 0:
+            return {}
+        return dict(cur.execute("SELECT dedup_key, id FROM inbox WHERE id BETWEEN ? AND ?",
+                                (last - made + 1, last)).fetchall())
 
     def _insert_postgresql(self, conn, batch: list[_Slot]) -> list[int | None]:
         now = time.time()

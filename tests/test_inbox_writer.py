@@ -17,6 +17,15 @@ def ingest(store: Store, message_id: str, provider: str | None = "aircall"):
                         payload=json.dumps({"id": message_id}), targets=("hubspot", "salesforce"))
 
 
+def ids_point_at_their_rows(store: Store, results: dict) -> bool:
+    """Each id handed back is the inbox row of that message, with its deliveries."""
+    with store.read() as conn:
+        rows = dict(conn.execute(select(inbox.c.id, inbox.c.message_id)).all())
+        queued = conn.execute(select(deliveries.c.inbox_id, deliveries.c.message_id)).all()
+    return (all(rows.get(i) == mid for mid, i in results.items() if i is not None)
+            and all(rows[i] == mid for i, mid in queued))
+
+
 def counts(store: Store) -> tuple[int, int]:
     with store.read() as conn:
         return (conn.execute(select(func.count()).select_from(inbox)).scalar(),
@@ -68,8 +77,24 @@ def test_requests_queued_during_a_write_share_the_next_commit(store):
     assert batches == [7]  # everything queued behind the lock went in one transaction
     assert sorted(results) == [f"m{i}" for i in range(6)]
     assert all(isinstance(results[f"m{i}"], int) for i in range(1, 6))
+    assert ids_point_at_their_rows(store, results)
     assert counts(store) == (1 + 6, 2 * (1 + 6))
     assert ingest(store, "m3") is None  # a redelivery of a committed event is a duplicate
+
+
+def test_a_batch_with_redeliveries_of_stored_events_gets_the_right_ids(store):
+    w = writer(store)
+    ingest(store, "old-1"), ingest(store, "old-2")
+    batches = []
+    real = w._commit
+    w._commit = lambda batch: (batches.append(len(batch)), real(batch))[1]
+    calls = [(m, "aircall") for m in ("new-1", "old-1", "new-2", "old-2", "new-3")]
+    results, errors = queued_while_locked(store, calls)
+    assert errors == {} and batches == [5]
+    assert results["old-1"] is None and results["old-2"] is None  # duplicates
+    assert all(isinstance(results[m], int) for m in ("new-1", "new-2", "new-3"))
+    assert ids_point_at_their_rows(store, results)
+    assert counts(store) == (6, 12)
 
 
 def test_one_bad_event_fails_alone_and_the_rest_are_stored(store):
