@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import logging
 import os
 import re
 import shutil
@@ -302,6 +303,7 @@ def latency(rate: float, seconds: float, workdir: Path) -> None:
 def crm_calls() -> None:
     print("\n3. CRM API calls per 1,000 MMS events from 200 known contacts (batched, as the worker hands them over)")
     from bench import crm_calls_hubspot, crm_calls_salesforce
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the fake CRMs' access logs
     hub = crm_calls_hubspot.count_calls("batched", 1000, 200, 100)
     total = sum(hub["calls"].values())
     print(f"  {'HubSpot':<12}{total:>5} calls   {dict(hub['calls'])}   goal <= 25")
