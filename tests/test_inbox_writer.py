@@ -5,8 +5,11 @@ import json
 import threading
 import time
 
+import pytest
 from sqlalchemy import func, select, text
 
+from conftest import base_config
+from connector.config import ConfigError, load_config
 from connector.store import Store, deliveries, inbox
 
 
@@ -225,3 +228,14 @@ def test_on_postgresql_the_kept_connection_goes_back_to_the_pool_transactional(p
         assert counts(s) == (2, 4)
     finally:
         s.close()
+
+
+def test_the_commit_delay_comes_from_config_and_a_bad_one_names_the_key(tmp_path, make_runtime):
+    rt = make_runtime(store={"url": f"sqlite:///{tmp_path / 'c.db'}", "commit_delay": 0.004})
+    assert rt.store.inbox_writer._window == 0.004
+    rt.in_flight = 3
+    assert rt.store.inbox_writer._others() == 2  # the requests being answered besides the writer
+    with pytest.raises(ConfigError) as exc:
+        load_config(data=base_config(tmp_path, store={"commit_delay": 1}))
+    assert any(e.startswith("store.commit_delay: Input should be less than or equal to 0.05")
+               for e in exc.value.errors), exc.value.errors
