@@ -7,6 +7,7 @@ so a token can be rotated.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..events import (
@@ -19,6 +20,9 @@ from ..secrets import any_secret_matches
 
 NAME = "aircall"
 MAX_EXTERNAL = 40  # store.inbox.external
+# Control characters (NUL above all: PostgreSQL text cannot hold it) have no place in an
+# id or a number; refused with a 400 rather than failing the insert with a 500.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 HANDLED_EVENTS = {
     "message.received": "message.received",
@@ -132,6 +136,8 @@ def parse(body: Any) -> MessageEvent:
     msg_id = str(msg_id).strip()
     if not msg_id or len(msg_id) > 200:
         raise PayloadError("data.id", "must be a non-empty id of at most 200 characters")
+    if _CONTROL.search(msg_id):
+        raise PayloadError("data.id", "must not contain control characters")
     name = HANDLED_EVENTS[event]
 
     direction = _field(data, "direction", "data.direction", (str,), False)
@@ -161,6 +167,8 @@ def parse(body: Any) -> MessageEvent:
         raise PayloadError("data.raw_digits", "is required (the external party's number)")
     if len(external) > MAX_EXTERNAL:  # kept as sent when unparseable: it must fit the inbox column
         raise PayloadError(f"data.{ext_key}", f"must be a phone number of at most {MAX_EXTERNAL} characters")
+    if _CONTROL.search(external):
+        raise PayloadError(f"data.{ext_key}", "must be a phone number, without control characters")
     line = to_e164(line_digits, region) or line_digits.strip()
 
     media = _media(data)
