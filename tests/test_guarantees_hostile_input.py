@@ -11,7 +11,7 @@ import time
 from xml.sax.saxutils import escape
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
@@ -100,6 +100,34 @@ def test_aircall_structured_garbage(ort, oclient, body):
 def test_aircall_raw_garbage(ort, oclient, raw, ctype):
     before = counts(ort)
     check(ort, oclient.post("/webhooks/aircall", data=raw, content_type=ctype or None), before)
+
+
+def _one_field_replaced(key_value) -> dict:
+    body = aircall_payload("mms_received")
+    body["data"][key_value[0]] = key_value[1]
+    return body
+
+
+# A valid webhook with one field hostile: reaches the insert, where the stores differ.
+one_hostile_field = st.tuples(st.sampled_from(AIRCALL_KEYS), hostile_text | json_values).map(_one_field_replaced)
+
+
+@pytest.fixture
+def pg_webhooks(make_runtime, pg_url):
+    """The webhook on the scaled-out store: PostgreSQL refuses what SQLite keeps (NUL)."""
+    rt = make_runtime(store={"url": pg_url})
+    rt.store.create_schema()
+    return rt, create_app(rt.config, rt).test_client()
+
+
+@SETTINGS
+@given(body=aircall_bodies | one_hostile_field)
+@example(body=_one_field_replaced(("id", "\u202e\u0000\ufeff")))
+@example(body=_one_field_replaced(("raw_digits", "\u0000")))
+def test_aircall_structured_garbage_on_postgresql(pg_webhooks, body):
+    rt, client = pg_webhooks
+    before = counts(rt)
+    check(rt, client.post("/webhooks/aircall", json=body), before)
 
 
 def test_aircall_deep_nesting_is_a_clear_400(ort, oclient):
