@@ -87,21 +87,23 @@ class RedactingFormatter(logging.Formatter):
         super().__init__()
         self.inner = inner
         self.redactor = redactor
-        # A plain line holds the message and traceback as they are, so redacting the line
-        # covers them; JSON escapes them, which can hide a pattern, so they go first.
-        self.escapes = not type(inner) is logging.Formatter
 
     def format(self, record: logging.LogRecord) -> str:
-        if not self.escapes:
-            return self.redactor(self.inner.format(record))
-        clean = logging.makeLogRecord(record.__dict__)
-        clean.msg, clean.args = self.redactor(record.getMessage()), None
+        # Redact the message and traceback on their own first: JSON escaping could hide a
+        # pattern, and in a plain line a pattern could start in the prefix (a logger named
+        # "...authorization") and swallow what follows. Then the whole line, for anything
+        # the inner formatter added. The record lends them for the call (no copy: this runs
+        # for every webhook) and gets its own back.
         if record.exc_info and not record.exc_text:
-            clean.exc_text = self.formatException(record.exc_info)
-        if clean.exc_text:
-            clean.exc_text = self.redactor(clean.exc_text)
-        clean.exc_info = None if clean.exc_text else record.exc_info
-        return self.redactor(self.inner.format(clean))
+            record.exc_text = self.formatException(record.exc_info)
+        msg, args, exc_text, exc_info = record.msg, record.args, record.exc_text, record.exc_info
+        try:
+            record.msg, record.args = self.redactor(record.getMessage()), None
+            if exc_text:  # and no exc_info, or the JSON formatter formats it afresh
+                record.exc_text, record.exc_info = self.redactor(exc_text), None
+            return self.redactor(self.inner.format(record))
+        finally:
+            record.msg, record.args, record.exc_text, record.exc_info = msg, args, exc_text, exc_info
 
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 
 import pytest
 import requests
@@ -112,11 +113,11 @@ def test_real_traffic_logs_no_secret(tmp_path, json_lines):
         assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
 
 
-def _log_through(json_lines: bool, secrets: list[str], emit) -> str:
+def _log_through(json_lines: bool, secrets: list[str], emit, name: str = "") -> str:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(make_formatter(json_lines, Redactor(secrets)))
-    logger = logging.getLogger(f"test.redaction.{json_lines}")
+    logger = logging.getLogger(name or f"test.redaction.{json_lines}")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -152,6 +153,23 @@ def test_formatter_redacts_messages_args_and_tracebacks(json_lines):
     if json_lines:
         assert all(json.loads(line)["logger"].startswith("test.redaction") for line in out.splitlines()
                    if line.startswith("{"))
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_a_logger_name_cannot_shield_a_secret_in_the_message(json_lines):
+    # In a plain line the Authorization pattern could start in the prefix ("...authorization")
+    # and swallow the message's "token" key; the message is redacted on its own first.
+    out = _log_through(json_lines, [], lambda log: log.info(':"token": "%s"', "body-token-456"),
+                       name=f"oauth.{json_lines}.authorization")
+    assert "body-token-456" not in out and REDACTED in out
+    try:
+        raise ValueError("token=abc")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "a %s", ("token=xyz",), sys.exc_info())
+    line = make_formatter(json_lines, Redactor([])).format(record)
+    assert "xyz" not in line and "abc" not in line
+    # Other handlers get the record as it came (the formatter only borrows it).
+    assert (record.msg, record.args, record.exc_info[0]) == ("a %s", ("token=xyz",), ValueError)
 
 
 def test_config_secrets_found_by_key_name(tmp_path):
