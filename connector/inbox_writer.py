@@ -62,7 +62,7 @@ MAX_BATCH = 500  # events per transaction: far below SQLite's 32,766 bound param
 # server's insert) are paid once per batch, and there is no BEGIN or COMMIT to send.
 # Inbox rows go in dedup-key order: two processes inserting the same keys take their
 # unique-index locks in one order, so they queue instead of deadlocking. Deliveries are
-# made for the new rows only; a key twice in one batch is inserted once.
+# made for the new rows only.
 _PG_TYPES = {"received_at": "float8", "occurred_at": "float8"}
 PG_INGEST = f"""
 WITH batch AS (
@@ -235,9 +235,15 @@ class InboxWriter:
         pg = conn.driver_connection
         if not pg.autocommit:
             pg.autocommit = True  # the statement commits itself (see PG_INGEST)
-        rows = json.dumps([dict(zip(INBOX_COLUMNS, slot.row), targets=slot.targets) for slot in batch])
+        # A key twice in one batch: the first is written, as on SQLite; the others are
+        # duplicates (the statement alone would keep either).
+        first = {}
+        for slot in batch:
+            first.setdefault(slot.row[0], slot)
+        rows = json.dumps([dict(zip(INBOX_COLUMNS, slot.row), targets=slot.targets) for slot in first.values()],
+                          ensure_ascii=False)  # UTF-8 as sent: shorter than \u escapes
         new = {key: inbox_id for inbox_id, key in pg.execute(PG_INGEST, (rows, now, now)).fetchall()}
-        return [new.pop(slot.row[0], None) for slot in batch]  # a key twice: the first wins
+        return [new.pop(slot.row[0], None) for slot in batch]
 
     # -- the kept connection ------------------------------------------------------------
     def _connection(self):
@@ -260,6 +266,9 @@ class InboxWriter:
             self._conn = None
 
     def close(self) -> None:
+        deadline = time.monotonic() + 10
+        while self._writing and time.monotonic() < deadline:
+            time.sleep(0.01)  # a write under way finishes on the connection first
         with self._mutex:
             if self._conn is not None and self._conn_pid == os.getpid():
                 if not self.sqlite:

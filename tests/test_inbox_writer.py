@@ -10,6 +10,7 @@ from sqlalchemy import func, select, text
 
 from conftest import base_config
 from connector.config import ConfigError, load_config
+from connector.inbox_writer import _Slot
 from connector.store import Store, deliveries, inbox
 
 
@@ -98,6 +99,24 @@ def test_a_batch_with_redeliveries_of_stored_events_gets_the_right_ids(store):
     assert all(isinstance(results[m], int) for m in ("new-1", "new-2", "new-3"))
     assert ids_point_at_their_rows(store, results)
     assert counts(store) == (6, 12)
+
+
+def test_a_key_twice_in_one_batch_keeps_the_first_on_every_store(store):
+    w = writer(store)
+
+    def slot(key, payload):
+        return _Slot((key, "aircall", key, "message.received", "received", "inbound", "+15550000001",
+                      1.0, 1.0, payload), ("hubspot", "salesforce"))
+
+    firsts = [slot(f"k{i}", f"first {i} é") for i in range(100)]
+    batch = firsts + [slot(f"k{i}", f"second {i}") for i in range(0, 100, 2)] + [slot("once", "only")]
+    w._commit(batch)
+    assert all(isinstance(s.inbox_id, int) for s in firsts) and isinstance(batch[-1].inbox_id, int)
+    assert all(s.inbox_id is None for s in batch[100:-1])  # the repeats are the duplicates
+    with store.read() as conn:
+        payloads = dict(conn.execute(select(inbox.c.id, inbox.c.payload)).all())
+    assert [payloads[s.inbox_id] for s in firsts] == [f"first {i} é" for i in range(100)]
+    assert counts(store) == (1 + 101, 2 * (1 + 101))
 
 
 def test_one_bad_event_fails_alone_and_the_rest_are_stored(store):
