@@ -174,8 +174,12 @@ def test_an_overlong_unparseable_external_number_is_400_on_every_store(make_runt
 
 
 @pytest.mark.parametrize("key,value,error", [
-    ("id", "abc\u0000def", "data.id: must not contain control characters"),
-    ("raw_digits", "+1 415\u0000", "data.raw_digits: must be a phone number, without control characters"),
+    ("id", "abc\u0000def", "data.id: must not contain control characters or unpaired surrogates"),
+    ("id", "12\ud800", "data.id: must not contain control characters or unpaired surrogates"),
+    ("raw_digits", "+1 415\u0000", "data.raw_digits: must be a phone number, without control characters "
+                                   "or unpaired surrogates"),
+    ("raw_digits", "\udfff", "data.raw_digits: must be a phone number, without control characters "
+                             "or unpaired surrogates"),
 ])
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_control_characters_in_the_id_or_number_are_400_on_every_store(make_runtime, request, store,

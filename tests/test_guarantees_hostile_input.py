@@ -124,6 +124,7 @@ def pg_webhooks(make_runtime, pg_url):
 @given(body=aircall_bodies | one_hostile_field)
 @example(body=_one_field_replaced(("id", "\u202e\u0000\ufeff")))
 @example(body=_one_field_replaced(("raw_digits", "\u0000")))
+@example(body=_one_field_replaced(("id", "12\ud800")))
 def test_aircall_structured_garbage_on_postgresql(pg_webhooks, body):
     rt, client = pg_webhooks
     before = counts(rt)

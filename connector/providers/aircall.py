@@ -20,9 +20,10 @@ from ..secrets import any_secret_matches
 
 NAME = "aircall"
 MAX_EXTERNAL = 40  # store.inbox.external
-# Control characters (NUL above all: PostgreSQL text cannot hold it) have no place in an
-# id or a number; refused with a 400 rather than failing the insert with a 500.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters (NUL above all: PostgreSQL text cannot hold it) and unpaired
+# surrogates (no UTF-8 for them) have no place in an id or a number; refused with a 400
+# rather than failing the insert with a 500.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 HANDLED_EVENTS = {
     "message.received": "message.received",
@@ -137,7 +138,7 @@ def parse(body: Any) -> MessageEvent:
     if not msg_id or len(msg_id) > 200:
         raise PayloadError("data.id", "must be a non-empty id of at most 200 characters")
     if _CONTROL.search(msg_id):
-        raise PayloadError("data.id", "must not contain control characters")
+        raise PayloadError("data.id", "must not contain control characters or unpaired surrogates")
     name = HANDLED_EVENTS[event]
 
     direction = _field(data, "direction", "data.direction", (str,), False)
@@ -168,7 +169,8 @@ def parse(body: Any) -> MessageEvent:
     if len(external) > MAX_EXTERNAL:  # kept as sent when unparseable: it must fit the inbox column
         raise PayloadError(f"data.{ext_key}", f"must be a phone number of at most {MAX_EXTERNAL} characters")
     if _CONTROL.search(external):
-        raise PayloadError(f"data.{ext_key}", "must be a phone number, without control characters")
+        raise PayloadError(f"data.{ext_key}",
+                           "must be a phone number, without control characters or unpaired surrogates")
     line = to_e164(line_digits, region) or line_digits.strip()
 
     media = _media(data)
