@@ -62,7 +62,7 @@ MAX_BATCH = 500  # events per transaction: far below SQLite's 32,766 bound param
 # server's insert) are paid once per batch, and there is no BEGIN or COMMIT to send.
 # Inbox rows go in dedup-key order: two processes inserting the same keys take their
 # unique-index locks in one order, so they queue instead of deadlocking. Deliveries are
-# made for the new rows only.
+# made for the new rows only. Each key comes once (see _insert_postgresql).
 _PG_TYPES = {"received_at": "float8", "occurred_at": "float8"}
 PG_INGEST = f"""
 WITH batch AS (
@@ -75,8 +75,7 @@ WITH batch AS (
 ), queued AS (
     INSERT INTO deliveries ({", ".join(DELIVERY_COLUMNS)})
     SELECT new.id, target, new.message_id, '{st.PENDING}', 0, %s, %s
-    FROM new JOIN (SELECT DISTINCT ON (dedup_key) dedup_key, targets FROM batch) AS b USING (dedup_key),
-         unnest(b.targets) AS target
+    FROM new JOIN batch USING (dedup_key), unnest(batch.targets) AS target
 )
 SELECT id, dedup_key FROM new"""
 
