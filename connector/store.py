@@ -291,8 +291,9 @@ class Store:
     def _ingest(self, conn, *, dedup_key: str, provider: str, message_id: str, event_name: str,
                 status: str, direction: str, external: str, occurred_at: float,
                 payload: str, targets: Iterable[str], now: float | None = None) -> int | None:
+        # Inside the caller's transaction (the outbox logs a send with its state change);
+        # webhooks go through the group-committing InboxWriter instead.
         now = now or time.time()
-        # Statements built once (hot path): each call only binds its values.
         inbox_id = conn.execute(self._insert_inbox, dict(
             dedup_key=dedup_key, provider=provider, message_id=message_id, event=event_name,
             status=status, direction=direction, external=external, received_at=now,
