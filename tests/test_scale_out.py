@@ -106,8 +106,21 @@ def test_wsgi_entry_with_a_bad_config_names_the_key(tmp_path):
     path.write_text("aircall:\n  webhook_tokens: [x]\nqueue:\n  url: http://nope\n")
     r = subprocess.run([sys.executable, "-c", "import connector.web.wsgi"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60, env={**os.environ, "MMS_CONNECTOR_CONFIG": str(path)})
-    assert r.returncode == 2
+    assert r.returncode == 3
     assert "queue.url: " in r.stderr and "Redis URL" in r.stderr
+
+
+def test_gunicorn_with_a_bad_config_stops_with_the_error_instead_of_restarting_workers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("aircall:\n  webhook_tokens: [x]\nstore:\n  commit_delay: 5\n")
+    r = subprocess.run([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{free_port()}",
+                        "connector.web.wsgi:app"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "MMS_CONNECTOR_CONFIG": str(path)})
+    assert r.returncode == 3
+    assert "Worker failed to boot" in r.stderr
+    assert f"Config {path} is not valid:" in r.stderr and "store.commit_delay" in r.stderr
+    # Each worker tries once: no loop of workers failing the same way.
+    assert r.stderr.count(f"Config {path} is not valid:") <= 2
 
 
 def test_two_gunicorn_web_processes_and_two_workers_on_postgresql_and_redis(tmp_path, pg_url, redis_url):

@@ -17,7 +17,9 @@ try:
     config = load_config(find_config_file(os.environ.get("MMS_CONNECTOR_CONFIG") or None))
 except ConfigError as exc:
     sys.stderr.write(f"Config {exc.path or ''} is not valid:\n" + "".join(f"  {e}\n" for e in exc.errors))
-    raise SystemExit(2) from None
+    # 3 is gunicorn's "worker failed to boot": its master stops with the message above
+    # instead of forking a new worker that fails the same way, many times a second.
+    raise SystemExit(3) from None
 setup_logging(config)
 app = create_app(config, Runtime(config))
 freeze_startup_heap()
