@@ -4,7 +4,7 @@ Everything runs on loopback, bounded in time (about two minutes with the default
 
 1. ingest: authenticated Aircall MMS webhooks per second (each with its own message id,
    each committed before its 200, logging at its shipped default) under
-   ``gunicorn -w 2 --threads 8 connector.web.wsgi:app``, against ``bench/bare_app.py`` (a
+   ``gunicorn -w 2 --threads 8 --worker-tmp-dir /dev/shm connector.web.wsgi:app`` (as README), against ``bench/bare_app.py`` (a
    Flask endpoint that only returns 200) under the same gunicorn settings
    (``--gunicorn "-w 2"`` for sync workers), both driven by wrk (``apt-get install wrk``;
    a threaded Python client when wrk is missing). Embedded store (SQLite), and
@@ -18,7 +18,7 @@ Everything runs on loopback, bounded in time (about two minutes with the default
 4. time to drain 1,000 events through real workers into a fake HubSpot that answers in
    100 ms and enforces 100 requests per rolling 10 s (bench/drain.py).
 
-    python bench/throughput.py [--duration 10] [--rate 200] [--gunicorn "-w 2 --threads 8"]
+    python bench/throughput.py [--duration 10] [--rate 200] [--gunicorn "-w 2 --threads 8 --worker-tmp-dir /dev/shm"]
                                [--log-level INFO] [--skip ingest,latency,calls,drain]
 """
 from __future__ import annotations
@@ -47,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 TOKEN = "bench-token"
 PG_URL = os.environ.get("CONNECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CONNECTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# README's settings; the heartbeat file on tmpfs where there is one (README: Scaling out).
+DEFAULT_GUNICORN = "-w 2 --threads 8" + (" --worker-tmp-dir /dev/shm" if os.path.isdir("/dev/shm") else "")
 CREATED: list[str] = []  # databases this run made, dropped at the end whatever happens
 
 WRK_SCRIPT = r"""
@@ -82,7 +84,7 @@ def free_port() -> int:
 class Gunicorn:
     """gunicorn (``--gunicorn``, the same for both apps) on a free loopback port."""
 
-    args: list[str] = ["-w", "2", "--threads", "8"]
+    args: list[str] = DEFAULT_GUNICORN.split()
 
     def __init__(self, app: str, env: dict):
         self.port = free_port()
@@ -343,7 +345,7 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=10)
     ap.add_argument("--skip", default="", help="comma-separated: ingest,latency,calls,drain")
     ap.add_argument("--log-level", default="INFO", help="the connector's logging.level (default: as shipped)")
-    ap.add_argument("--gunicorn", default="-w 2 --threads 8",
+    ap.add_argument("--gunicorn", default=DEFAULT_GUNICORN,
                     help="gunicorn settings, the same for the connector and the bare app")
     args = ap.parse_args()
     Gunicorn.args = args.gunicorn.split()
