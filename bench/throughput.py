@@ -50,7 +50,7 @@ PG_URL = os.environ.get("CONNECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://pos
 REDIS_URL = os.environ.get("CONNECTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # README's settings; the heartbeat file on tmpfs where there is one (README: Scaling out).
 DEFAULT_GUNICORN = "-w 2 --threads 8" + (" --worker-tmp-dir /dev/shm" if os.path.isdir("/dev/shm") else "")
-CREATED: list[str] = []  # databases this run made, dropped at the end whatever happens
+CREATED: list[str] = []  # databases this run made, dropped after each section whatever happens
 
 WRK_SCRIPT = r"""
 local threads = {}
@@ -196,6 +196,25 @@ def stores(workdir: Path, section: str) -> list[tuple[str, str, str]]:
     except Exception as exc:
         print(f"  (PostgreSQL/Redis not reachable, scaled-out line skipped: {type(exc).__name__})")
     return out
+
+
+def settle() -> None:
+    """Between sections: drop the databases made so far and flush what the last section
+    wrote (the OS's dirty pages, PostgreSQL's shared buffers), so its disk writes and
+    autovacuum do not land in the next section's figures."""
+    while CREATED:
+        url = CREATED.pop()
+        drop_database(url)
+        try:
+            from sqlalchemy import create_engine, text
+            from sqlalchemy.engine import make_url
+            with create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as c:
+                c.execute(text("CHECKPOINT"))  # superuser or pg_checkpoint role; skipped otherwise
+        except Exception:
+            pass
+    if hasattr(os, "sync"):
+        os.sync()
+    time.sleep(1)
 
 
 def drop_database(url: str) -> None:
@@ -376,11 +395,11 @@ def main() -> None:
         try:
             if "ingest" not in skip:
                 ingest(args.duration, args.rounds, workdir)
+                settle()
             if "latency" not in skip:
                 latency(args.rate, args.latency_seconds, workdir)
         finally:
-            for url in CREATED:
-                drop_database(url)
+            settle()
         if "calls" not in skip:
             crm_calls()
         if "drain" not in skip:
