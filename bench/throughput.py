@@ -268,36 +268,47 @@ def ingest(duration: float, rounds: int, workdir: Path) -> None:
     tool = "wrk -t2 -c16" if shutil.which("wrk") else "Python client, 16 threads"
     print(f"\n1. Ingest: gunicorn {' '.join(Gunicorn.args)}, {rounds} rounds of {duration:.0f} s each, "
           f"load from {tool}")
-    servers: list[tuple[str, Gunicorn, str | None]] = []
+    # (label, server, count of stored rows or None, reference label or None)
+    servers: list[tuple[str, Gunicorn, object, str | None]] = []
     try:
-        servers.append(("bare Flask return 200", Gunicorn("bare_app:app", {}), None))
+        servers.append(("bare Flask return 200", Gunicorn("bare_app:app", {}), None, None))
         for label, store_url, queue_url in stores(workdir, "ingest"):
+            import reference_app
+            ref_url = f"sqlite:///{workdir}/reference.db" if store_url.startswith("sqlite") else store_url
+            reference_app.create_table(ref_url)
+            ref = "reference handler, " + label.split(": ", 1)[1].split(" +")[0]
+            servers.append((ref, Gunicorn("reference_app:app", {"REFERENCE_STORE_URL": ref_url}),
+                            lambda url=ref_url: reference_app.stored(url), None))
             servers.append(("connector, " + label,
                             Gunicorn("connector.web.wsgi:app", connector_env(workdir, store_url, queue_url)),
-                            store_url))
-        runs: dict[str, list[dict]] = {label: [] for label, _, _ in servers}
+                            lambda url=store_url: stored_count(url), ref))
+        runs: dict[str, list[dict]] = {label: [] for label, *_ in servers}
         for _ in range(rounds):
-            for label, server, _ in servers:
+            for label, server, *_ in servers:
                 runs[label].append(measured(server, load, duration, workdir))
         base = runs[servers[0][0]]
-        for label, server, store_url in servers:
+        for label, server, count, ref in servers:
             rs = runs[label]
             rps = [r["rps"] for r in rs]
             line = f"  {label:<50}{statistics.median(rps):>9.0f} req/s"
-            if store_url is not None:
+            if count is not None:
                 ratios = [r["rps"] / b["rps"] for r, b in zip(rs, base)]
+                line += f"   ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                if ref is not None:
+                    line += f" = {statistics.median(r['rps'] / x['rps'] for r, x in zip(rs, runs[ref])):.2f} of the reference's"
                 acked = sum(r["requests"] - r["non2xx"] for r in rs)
                 bad = sum(r["non2xx"] for r in rs)
                 errors = "; ".join(r["socket_errors"] for r in rs if r["socket_errors"])
-                line += (f"   ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-                         f"   acknowledged {acked}, stored {stored_count(store_url)}, non-2xx {bad}"
+                line += (f"   acknowledged {acked}, stored {count()}, non-2xx {bad}"
                          + (f", socket errors: {errors}" if errors else ""))
             cpu = [r["cpu_ms"] for r in rs if r.get("cpu_ms") is not None]
             print(line + (f"   CPU {statistics.median(cpu):.2f} ms/request" if cpu else ""))
     finally:
-        for _, server, _ in servers:
+        for _, server, *_ in servers:
             server.stop()
     print("  goal: ratio >= 0.6 (median of the rounds, range in brackets; req/s and CPU are medians.\n"
+          "  The reference handler (bench/reference_app.py) only checks the token and commits the\n"
+          "  payload as one row per request: what committing alone costs on this machine.\n"
           "  CPU: the web processes' user + system time per request; the load generator, and\n"
           "  PostgreSQL when used, share the same cores. Stored counts every acknowledged event\n"
           "  plus the few wrk cut off after they were committed)")
