@@ -8,7 +8,9 @@ Everything runs on loopback, bounded in time (about three minutes with the defau
    against ``bench/bare_app.py`` (a Flask endpoint that only returns 200) under the same
    gunicorn settings (``--gunicorn "-w 2"`` for sync workers), both driven by wrk
    (``apt-get install wrk``; a threaded Python client when wrk is missing), in rounds that
-   take turns (the ratio is the median of the rounds'). Embedded store (SQLite), and
+   take turns (the ratio is the median of the rounds'), beside a reference handler per
+   store that only checks the token and commits the payload as one row
+   (``bench/reference_app.py``: what a commit alone costs here). Embedded store (SQLite), and
    PostgreSQL + Redis nudges when reachable (CONNECTOR_TEST_POSTGRES_URL /
    CONNECTOR_TEST_REDIS_URL, as the tests);
 2. acknowledgement latency p50/p99 at a fixed 200 requests/s, new connection per
