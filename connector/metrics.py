@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -72,6 +72,16 @@ class Metrics:
                                ["target", "reason"], registry=r)
         self.dead_lettered = Counter(f"{PREFIX}_dead_lettered", "Deliveries moved to the dead letters",
                                      ["target"], registry=r)
+        self.crm_requests = Counter(f"{PREFIX}_crm_requests", "Requests sent to a CRM's API by target and "
+                                    "result (ok, rate_limited, error)", ["target", "result"], registry=r)
+        self.rate_limit_waits = Counter(f"{PREFIX}_rate_limit_wait_seconds",
+                                        "Time CRM requests waited for the connector's own rate-limit bucket",
+                                        ["target"], registry=r)
+        self.contact_lookup = Counter(f"{PREFIX}_contact_lookups", "Phone numbers matched to CRM records, by "
+                                      "where the answer came from (cache, crm)", ["target", "source"], registry=r)
+        self.api_usage_figure = Gauge(f"{PREFIX}_crm_api_usage", "The CRM's own count of API requests "
+                                      "used today and the daily allocation, as it last reported them",
+                                      ["target", "figure"], registry=r, multiprocess_mode="mostrecent")
         self._inbound: dict = {}  # (endpoint, result) -> its two labelled children
         self.store = store
         if store is not None:
@@ -96,6 +106,20 @@ class Metrics:
         children[0].inc()
         if seconds is not None:
             children[1].observe(seconds)
+
+    # -- what the CRM clients report (connector.crm.base.Meter) -----------------------
+    def crm_request(self, target: str, result: str) -> None:
+        self.crm_requests.labels(target, result).inc()
+
+    def rate_limit_wait(self, target: str, seconds: float) -> None:
+        self.rate_limit_waits.labels(target).inc(seconds)
+
+    def contact_lookups(self, target: str, source: str, count: int) -> None:
+        self.contact_lookup.labels(target, source).inc(count)
+
+    def api_usage(self, target: str, used: int, allocation: int) -> None:
+        self.api_usage_figure.labels(target, "used").set(used)
+        self.api_usage_figure.labels(target, "allocation").set(allocation)
 
     # -- what the pipeline reports ---------------------------------------------------
     def write(self, target: str, outcome: str) -> None:

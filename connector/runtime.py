@@ -45,8 +45,11 @@ class Runtime:
     @property
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
-            self._pipeline = Pipeline(self.config, self.store, build_writers(self.config),
-                                      media=self.media, metrics=self.metrics)
+            writers = build_writers(self.config)
+            for writer in writers.values():
+                if getattr(writer, "meter", None) is not None:  # live writers count their requests
+                    writer.meter.metrics = self.metrics
+            self._pipeline = Pipeline(self.config, self.store, writers, media=self.media, metrics=self.metrics)
         return self._pipeline
 
     def request_started(self) -> None:

@@ -19,6 +19,35 @@ class WriteError(Exception):
     pass
 
 
+class Meter:
+    """What one CRM's client tells /metrics: each request sent and how it ended, the time
+    its rate-limit bucket held it back, and where contact lookups were answered. Silent
+    until the runtime attaches its ``connector.metrics.Metrics`` (tests, previews, benches
+    run without)."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.metrics = None
+
+    def request(self, result: str) -> None:
+        """``ok``, ``rate_limited`` (the CRM refused for its limit) or ``error``."""
+        if self.metrics is not None:
+            self.metrics.crm_request(self.target, result)
+
+    def waited(self, seconds: float) -> None:
+        if self.metrics is not None and seconds > 0:
+            self.metrics.rate_limit_wait(self.target, seconds)
+
+    def lookups(self, source: str, count: int) -> None:
+        """``count`` phone numbers answered from the ``cache`` or looked up in the ``crm``."""
+        if self.metrics is not None and count:
+            self.metrics.contact_lookups(self.target, source, count)
+
+    def usage(self, used: int, allocation: int) -> None:
+        if self.metrics is not None:
+            self.metrics.api_usage(self.target, used, allocation)
+
+
 class TransientError(WriteError):
     """Try again later (5xx, timeout, connection reset); ``retry_after`` in seconds if known."""
 

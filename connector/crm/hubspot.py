@@ -83,6 +83,7 @@ class HubSpotWriter:
         self.api = api or HubSpotApi(self.cfg, config.time_zone, bucket=ratelimit.bucket(config, NAME),
                                      search_bucket=ratelimit.bucket(config, NAME, "search"))
         self.contacts = ContactMatcher(self.api, self.cfg)
+        self.meter = self.api.meter
         self._checked_types: set[str] = set()
         self.search_lag = SEARCH_LAG
 

@@ -31,7 +31,7 @@ from urllib3.util.retry import Retry
 
 from ..config import HubSpotConfig
 from ..ratelimit import TokenBucket, retry_after_seconds
-from .base import PermanentError, RateLimited, TransientError, WriteError
+from .base import Meter, PermanentError, RateLimited, TransientError, WriteError
 
 TOKEN_REFRESH_MARGIN = 120  # seconds before expiry a token is refreshed
 
@@ -116,6 +116,7 @@ class HubSpotApi:
         self._refresh_token = cfg.refresh_token
         self.daily_blocked_until = 0.0
         self.calls = 0  # requests sent, for figures
+        self.meter = Meter("hubspot")
 
     # -- auth ----------------------------------------------------------------------
     def _set_token(self, token: str) -> None:
@@ -133,7 +134,9 @@ class HubSpotApi:
                 res = self.tokens.create(grant_type="refresh_token", client_id=self.cfg.client_id,
                                          client_secret=self.cfg.client_secret,
                                          refresh_token=self._refresh_token, _request_timeout=self.timeout)
+                self.meter.request("ok")
             except Exception as exc:
+                self.meter.request(_result(exc))
                 err = self._translate(exc)
                 if isinstance(err, PermanentError):
                     raise PermanentError(f"HubSpot OAuth token refresh failed, re-authorize the app: {err}")
@@ -167,13 +170,17 @@ class HubSpotApi:
                               retry_after=self.daily_blocked_until - self.clock())
         self._ensure_token()
         for refreshed in (False, True):
-            self.bucket.acquire()
+            waited = self.bucket.acquire() or 0.0
             if search:
-                self.search_bucket.acquire()
+                waited += self.search_bucket.acquire() or 0.0
+            self.meter.waited(waited)
             try:
                 self.calls += 1
-                return fn(*args, _request_timeout=self.timeout, **kwargs)
+                result = fn(*args, _request_timeout=self.timeout, **kwargs)
+                self.meter.request("ok")
+                return result
             except Exception as exc:
+                self.meter.request(_result(exc))
                 if self.oauth and not refreshed and getattr(exc, "status", None) == 401:
                     self._ensure_token(force=True)  # token revoked or expired early: once more
                     continue
@@ -208,6 +215,11 @@ class HubSpotApi:
         if status == 401:
             return PermanentError(f"{text} (check hubspot.access_token)" if not self.oauth else text)
         return PermanentError(text)
+
+
+def _result(exc: BaseException) -> str:
+    """How a failed request counts in /metrics."""
+    return "rate_limited" if getattr(exc, "status", None) == 429 else "error"
 
 
 def _retry_after(exc: Any) -> float | None:

@@ -135,6 +135,8 @@ class ContactMatcher:
                 out[n] = self._await_creator(store, n)
             else:
                 misses.append(n)
+        self.api.meter.lookups("cache", len(out))
+        self.api.meter.lookups("crm", len(misses))
         to_create: list[str] = []
         for i in range(0, len(misses), SEARCH_CHUNK):
             chunk = misses[i:i + SEARCH_CHUNK]

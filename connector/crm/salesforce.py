@@ -103,6 +103,7 @@ class SalesforceWriter:
         self.client = client or SalesforceClient(self.cfg, resolve=config.resolve,
                                                  bucket=ratelimit.bucket(config, NAME))
         self.matcher = Matcher(self.cfg, self.client)
+        self.meter = self.client.meter
 
     @property
     def sobject(self) -> str:

@@ -29,7 +29,7 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, wait_exp
 
 from ..config import SalesforceConfig
 from ..ratelimit import TokenBucket, Unlimited
-from .base import PermanentError, RateLimited, TransientError
+from .base import Meter, PermanentError, RateLimited, TransientError
 
 log = logging.getLogger("connector.salesforce")
 
@@ -120,6 +120,7 @@ class SalesforceClient:
         self.limit_hits = 0
         self.usage: tuple[int, int] | None = None  # (used, allocation) from Sforce-Limit-Info
         self.calls = 0  # REST calls made (logins excluded), for benchmarks and logs
+        self.meter = Meter("salesforce")
         # In-call backoff between quick retries (tests swap in tenacity.wait_none()).
         self.retry_wait = wait_exponential(multiplier=0.2, max=2) + wait_random(0, 0.3)
 
@@ -204,11 +205,12 @@ class SalesforceClient:
         sf = self.salesforce()
         relogged = False
         while True:
-            self.bucket.acquire()
+            self.meter.waited(self.bucket.acquire() or 0.0)
             self.calls += 1
             try:
                 result = sf.restful(path, method=method, **kwargs)
             except SalesforceExpiredSession as exc:
+                self.meter.request("error")
                 if relogged:
                     raise TransientError(f"Salesforce: session refused right after login: "
                                          f"{describe_errors(exc.content)}")
@@ -216,11 +218,14 @@ class SalesforceClient:
                 relogged = True
                 continue
             except SalesforceError as exc:
+                self.meter.request("rate_limited" if LIMIT_CODE in error_codes(exc.content) else "error")
                 self._note_usage(sf)
                 self._raise_for(exc)
             except (requests.Timeout, requests.ConnectionError) as exc:
+                self.meter.request("error")
                 raise _Retryable(f"{type(exc).__name__}: {exc}",
                                  sent=not isinstance(exc, requests.ConnectTimeout))
+            self.meter.request("ok")
             self._note_usage(sf)
             self.limit_hits = 0
             return result
@@ -229,6 +234,7 @@ class SalesforceClient:
         usage = sf.api_usage.get("api-usage") if sf.api_usage else None
         if usage:
             self.usage = (usage.used, usage.total)
+            self.meter.usage(usage.used, usage.total)
 
     def _raise_for(self, exc: SalesforceError) -> None:
         codes = error_codes(exc.content)

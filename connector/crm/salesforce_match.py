@@ -141,9 +141,11 @@ class Matcher:
         """Each distinct number's record, or why there is none, with as few searches as possible."""
         out: dict[str, Link | Skip | WriteError] = {}
         todo: list[str] = []
+        malformed = 0
         for n in dict.fromkeys(numbers):
             if phones.to_e164(n) != n:  # only well-formed E.164 numbers are looked up
                 out[n] = Skip(f"the number {n!r} cannot be matched to a Salesforce record")
+                malformed += 1
                 continue
             cached = store.get_contact(TARGET, n)
             if cached is None or (cached["record_type"] == NONE
@@ -156,6 +158,8 @@ class Matcher:
                                         retry_after=5)
             else:
                 out[n] = Link(cached["record_type"], cached["record_id"])
+        self.client.meter.lookups("cache", len(out) - malformed)
+        self.client.meter.lookups("crm", len(todo))
         to_create: list[str] = []
         for chunk in self._chunks(todo):
             try:
