@@ -19,6 +19,7 @@ from connector.web import create_app
 from conftest import ROOT, TOKEN, aircall_payload, base_config
 from hubspot_fake import LimitedHubSpot
 from procs import free_port, stop, wait_for, write_config
+from test_metrics_health import value
 
 
 def _answers(url: str, proc) -> bool:
@@ -32,13 +33,23 @@ def _answers(url: str, proc) -> bool:
 README_GUNICORN = ("-w", "2", "--threads", "8") + (("--worker-tmp-dir", "/dev/shm") if os.path.isdir("/dev/shm") else ())
 
 
+def scrape(text: str) -> dict:
+    """A Prometheus text scrape's samples by (name, sorted labels), as read by ``value``."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
 @contextlib.contextmanager
 def scaled_out(tmp_path, data: dict, gunicorn_args=README_GUNICORN):
     """README's scaled-out commands: gunicorn web processes and two `mms-connector worker`
     processes on ``data``'s config; yields (base URL, config path). Fails the test if any
     process logged a traceback."""
     path = write_config(tmp_path / "c.yaml", data)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMS_CONNECTOR_CONFIG": str(path)}
+    metrics_dir = tmp_path / "prometheus"  # README (Metrics): shared by all processes of a machine
+    metrics_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMS_CONNECTOR_CONFIG": str(path),
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     port = free_port()
     log = open(tmp_path / "procs.log", "ab")
     procs = [subprocess.Popen([sys.executable, "-m", "gunicorn", *gunicorn_args, "-b", f"127.0.0.1:{port}",
@@ -199,4 +210,12 @@ def test_a_concurrent_burst_with_redeliveries_through_two_web_processes_and_two_
         # The two workers shared one bucket: HubSpot never refused, never saw more than 10 in 10 s,
         # and the burst needed more than one window's worth of calls.
         assert hub.too_many == 0 and hub.peak <= 10 and len(hub.requests) > 10
+        # Any web process's /metrics adds up both web processes and both workers.
+        m = scrape(requests.get(f"{base}/metrics", timeout=10).text)
+        hook = "/webhooks/aircall"
+        assert value(m, "mms_connector_webhooks_total", endpoint=hook, result="stored") == 120
+        assert value(m, "mms_connector_webhooks_total", endpoint=hook, result="duplicate") == 120
+        assert value(m, "mms_connector_crm_writes_total", target="hubspot", outcome="delivered") == 120
+        assert value(m, "mms_connector_crm_requests_total", target="hubspot", result="ok") == len(hub.requests)
+        assert value(m, "mms_connector_crm_requests_total", target="hubspot", result="rate_limited") == 0
         rt.store.engine.dispose()
