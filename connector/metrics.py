@@ -80,7 +80,7 @@ class Metrics:
         self.contact_lookup = Counter(f"{PREFIX}_contact_lookups", "Phone numbers matched to CRM records, by "
                                       "where the answer came from (cache, crm)", ["target", "source"], registry=r)
         self.api_usage_figure = Gauge(f"{PREFIX}_crm_api_usage", "The CRM's own count of API requests "
-                                      "used today and the daily allocation, as it last reported them",
+                                      "used and its allocation (Salesforce: Sforce-Limit-Info), as last reported",
                                       ["target", "figure"], registry=r, multiprocess_mode="mostrecent")
         self._inbound: dict = {}  # (endpoint, result) -> its two labelled children
         self.store = store
