@@ -11,7 +11,7 @@ from conftest import aircall_payload
 from connector.ratelimit import TokenBucket
 from connector.web import create_app
 from sf_fake import add_login, add_search, calls_to, contact
-from test_metrics_health import scrape, value
+from test_metrics_health import samples, scrape, value
 from test_salesforce_writer import UPSERT, rsps, sf  # noqa: F401  (fixtures)
 from tests.hubspot_fake import rate_limited
 from tests.hubspot_helpers import hub, live, post, run  # noqa: F401  (fixtures)
@@ -140,15 +140,13 @@ def test_several_processes_add_up_in_prometheus_multiprocess_mode(tmp_path):
     import sys
     from pathlib import Path
 
-    from prometheus_client.parser import text_string_to_metric_families
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin",
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     for used in ("500", "700"):
         subprocess.run([sys.executable, "-c", COUNT_IN_A_PROCESS, used], env=env, check=True, timeout=60)
     text = subprocess.run([sys.executable, "-c", SCRAPE], env=env, check=True, timeout=60,
                           capture_output=True, text=True).stdout
-    m = {(s.name, tuple(sorted(s.labels.items()))): s.value
-         for fam in text_string_to_metric_families(text) for s in fam.samples}
+    m = samples(text)
     assert value(m, REQUESTS, target="hubspot", result="ok") == 4
     assert value(m, "mms_connector_rate_limit_wait_seconds_total", target="hubspot") == 0.5
     assert value(m, LOOKUPS, target="salesforce", source="cache") == 6

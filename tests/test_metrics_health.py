@@ -10,15 +10,17 @@ from connector.web import create_app
 from tests.conftest import aircall_payload
 
 
+def samples(text: str) -> dict:
+    """A Prometheus text exposition's samples by (name, sorted labels), as ``value`` reads them."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
 def scrape(client) -> dict:
     r = client.get("/metrics")
     assert r.status_code == 200
     assert r.content_type.startswith("text/plain")
-    out = {}
-    for fam in text_string_to_metric_families(r.get_data(as_text=True)):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+    return samples(r.get_data(as_text=True))
 
 
 def value(samples, name, **labels):

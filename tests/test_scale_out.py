@@ -19,7 +19,7 @@ from connector.web import create_app
 from conftest import ROOT, TOKEN, aircall_payload, base_config
 from hubspot_fake import LimitedHubSpot
 from procs import free_port, stop, wait_for, write_config
-from test_metrics_health import value
+from test_metrics_health import samples, value
 
 
 def _answers(url: str, proc) -> bool:
@@ -31,13 +31,6 @@ def _answers(url: str, proc) -> bool:
 
 
 README_GUNICORN = ("-w", "2", "--threads", "8") + (("--worker-tmp-dir", "/dev/shm") if os.path.isdir("/dev/shm") else ())
-
-
-def scrape(text: str) -> dict:
-    """A Prometheus text scrape's samples by (name, sorted labels), as read by ``value``."""
-    from prometheus_client.parser import text_string_to_metric_families
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 @contextlib.contextmanager
@@ -211,7 +204,7 @@ def test_a_concurrent_burst_with_redeliveries_through_two_web_processes_and_two_
         # and the burst needed more than one window's worth of calls.
         assert hub.too_many == 0 and hub.peak <= 10 and len(hub.requests) > 10
         # Any web process's /metrics adds up both web processes and both workers.
-        m = scrape(requests.get(f"{base}/metrics", timeout=10).text)
+        m = samples(requests.get(f"{base}/metrics", timeout=10).text)
         hook = "/webhooks/aircall"
         assert value(m, "mms_connector_webhooks_total", endpoint=hook, result="stored") == 120
         assert value(m, "mms_connector_webhooks_total", endpoint=hook, result="duplicate") == 120
