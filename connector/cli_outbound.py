@@ -128,13 +128,14 @@ def outbox_list(config_path, state, limit, as_json):
 
     rows = Outbox(Runtime(_load(config_path)).store).list(state=state, limit=limit)
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        click.echo(json.dumps([dict(r.to_dict(), callback=r.callback) for r in rows], indent=2))
         return
     if not rows:
         click.echo("no outbound messages")
     for r in rows:
+        action = f"  callback {r.callback}" if r.callback else ""  # a HubSpot workflow action waiting or completed
         click.echo(f"{r.public_id:<8} {r.state:<9} {r.source:<10} {r.line} -> {r.recipient}  "
-                   f"{len(r.media)} media  {r.provider_message_id or '-'}  {r.error or ''}".rstrip())
+                   f"{len(r.media)} media  {r.provider_message_id or '-'}{action}  {r.error or ''}".rstrip())
 
 
 @outbox_group.command("resolve")

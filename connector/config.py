@@ -296,6 +296,9 @@ class OutboundLine(_Section):
 class OutboundHubSpot(_Section):
     client_secret: str = ""  # empty: hubspot.client_secret
     max_age_seconds: int = Field(300, ge=1)
+    # Answer a queued send with BLOCK and complete the workflow action once it is sent or
+    # has failed (HubSpot's callbacks API, with hubspot.* credentials).
+    complete_async: bool = False
     # Names of the action's input fields (or of the webhook body's top-level keys).
     to_field: str = "to"
     from_field: str = "from"
@@ -400,6 +403,15 @@ class Config(_Section):
     # Where the file was read from; relative paths (mappings, sqlite) resolve against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
     source: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _async_actions_need_hubspot_credentials(self) -> "Config":
+        hs = self.hubspot
+        if self.outbound.hubspot.complete_async and not (hs.access_token or hs.refresh_token):
+            raise ValueError("outbound.hubspot.complete_async: completing workflow actions needs "
+                             "hubspot.access_token or hubspot's OAuth keys (client_id, client_secret, "
+                             "refresh_token) of the app that defines the action")
+        return self
 
     def targets(self) -> list[str]:
         """CRMs that receive message events (mode live or dry-run)."""

@@ -21,6 +21,9 @@ from .store import (
 )
 
 
+CALLBACK_DUE, CALLBACK_DONE, CALLBACK_FAILED = "due", "done", "failed"
+
+
 def request_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -46,6 +49,7 @@ class OutboundMessage:
     result: dict | None
     created_at: float
     lease_owner: str | None = None
+    callback: str | None = None  # a HubSpot workflow action's completion: due, done or failed
 
     @property
     def public_id(self) -> str:
@@ -66,7 +70,7 @@ def _row(r) -> OutboundMessage:
         validation=json.loads(r.validation) if r.validation else None, state=r.state,
         attempts=r.attempts, provider_message_id=r.provider_message_id, error=r.error,
         result=json.loads(r.result) if r.result else None, created_at=r.created_at,
-        lease_owner=r.lease_owner)
+        lease_owner=r.lease_owner, callback=r.callback)
 
 
 class Outbox:
@@ -109,6 +113,21 @@ class Outbox:
             q = q.where(outbox.c.state == state)
         with self.store.read() as conn:
             return [_row(r) for r in conn.execute(q)]
+
+    # -- HubSpot workflow actions answered BLOCK --------------------------------------
+    def callbacks_due(self, limit: int = 50) -> list[OutboundMessage]:
+        """Rows whose workflow action is still waiting and whose send has an outcome."""
+        q = (select(outbox).where(outbox.c.callback == CALLBACK_DUE,
+                                  outbox.c.state.in_((OUT_SENT, OUT_FAILED, OUT_REJECTED)))
+             .order_by(outbox.c.id).limit(limit))
+        with self.store.read() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    def callback_finished(self, m: OutboundMessage, outcome: str) -> None:
+        """``done`` (HubSpot took the completion) or ``failed`` (it never will)."""
+        with self.store.write() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == m.id, outbox.c.callback == CALLBACK_DUE)
+                         .values(callback=outcome, updated_at=time.time()))
 
     # -- worker side -----------------------------------------------------------------
     def claim(self, owner: str, lease_seconds: float, limit: int = 5,

@@ -149,9 +149,13 @@ outbox = Table(
     Column("provider_message_id", String(200), nullable=True),
     Column("error", Text, nullable=True),
     Column("result", Text, nullable=True),
+    # A HubSpot workflow action answered BLOCK: "due" until its completion call succeeds
+    # ("done") or HubSpot refuses it for good ("failed"); NULL when nothing is owed.
+    Column("callback", String(10), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("ix_outbox_due", "state", "next_at"),
+    Index("ix_outbox_callback", "callback"),
     Index("ix_outbox_provider_id", "provider_message_id"),
 )
 

@@ -21,7 +21,9 @@ import time
 from .. import mms
 from ..config import Config
 from ..fetch import FetchPolicy
-from ..outbox import OUT_FAILED, OUT_REJECTED, OUT_UNKNOWN, OutboundMessage, Outbox
+from ..crm.base import PermanentError, WriteError
+from ..outbox import (CALLBACK_DONE, CALLBACK_DUE, CALLBACK_FAILED, OUT_FAILED, OUT_REJECTED, OUT_SENT,
+                      OUT_UNKNOWN, OutboundMessage, Outbox)
 from ..phones import region_of
 from ..providers import aircall
 from ..store import Store
@@ -34,6 +36,22 @@ def media_to_send(validation: dict | None, requested: list[str]) -> list[str]:
     if not validation:
         return requested
     return [a["source"] for a in validation.get("attachments", []) if a.get("ok")]
+
+
+def hubspot_outputs(m: OutboundMessage) -> dict:
+    """A HubSpot workflow action's outputFields for the send's state: SUCCESS, FAIL_CONTINUE
+    (rejected or failed, with the reasons), or BLOCK while a completion is owed."""
+    errors = (m.validation or {}).get("errors") or ([m.error] if m.error else [])
+    removed = [f"{a['source']}: {a['error']}" for a in (m.validation or {}).get("attachments", [])
+               if not a.get("ok")]
+    if m.state in (OUT_REJECTED, OUT_FAILED):
+        execution = "FAIL_CONTINUE"
+    elif m.callback == CALLBACK_DUE and m.state != OUT_SENT:
+        execution = "BLOCK"
+    else:
+        execution = "SUCCESS"
+    return {"hs_execution_state": execution, "message_id": m.public_id, "state": m.state,
+            "error": "; ".join(errors), "removed_attachments": "; ".join(removed)}
 
 
 def log_event(m: OutboundMessage, response: dict, media: list[str], config: Config) -> dict:
@@ -67,6 +85,7 @@ class OutboundSender:
         self.outbox = Outbox(store)
         self.client = client or aircall.SendClient(config.aircall)
         self.fetch_policy = fetch_policy or FetchPolicy.from_config(config.fetch)
+        self.actions = None  # connector.crm.hubspot_actions.WorkflowActions, made when first needed
 
     def run_once(self, owner: str | None = None) -> int:
         from ..store import new_owner_id
@@ -75,6 +94,8 @@ class OutboundSender:
         while True:
             batch = self.outbox.claim(owner, self.config.worker.lease_seconds, limit=1)
             if not batch:
+                if done:
+                    self.complete_actions()  # the workflows waiting on these sends go on now
                 return done
             for m in batch:
                 self.process(m)
@@ -85,7 +106,31 @@ class OutboundSender:
         linked = self.outbox.reconcile(aircall.parse, self.config.outbound.reconcile_window_seconds)
         for out_id, msg_id in linked:
             log.info("outbound out_%s: unknown send linked to Aircall message %s", out_id, msg_id)
-        return n + len(linked)
+        # Completions that failed before, and sends an operator or the reconciler settled.
+        return n + len(linked) + self.complete_actions()
+
+    def complete_actions(self) -> int:
+        """Complete the HubSpot workflow actions answered BLOCK whose send has an outcome.
+        A completion HubSpot could not take now is tried again at the next sweep."""
+        done = 0
+        for m in self.outbox.callbacks_due():
+            if self.actions is None:
+                from ..crm.hubspot_actions import WorkflowActions
+                self.actions = WorkflowActions(self.config)
+            outputs = hubspot_outputs(m)
+            try:
+                self.actions.complete(m.idem_key.removeprefix("hubspot:"), outputs)
+            except PermanentError as exc:
+                self.outbox.callback_finished(m, CALLBACK_FAILED)
+                log.warning("outbound %s: HubSpot refused to complete its workflow action: %s", m.public_id, exc)
+                continue
+            except WriteError as exc:
+                log.warning("outbound %s: workflow action not completed yet (%s); next sweep", m.public_id, exc)
+                break  # HubSpot is unwell or busy: the others wait for the next sweep too
+            self.outbox.callback_finished(m, CALLBACK_DONE)
+            log.info("outbound %s: workflow action completed (%s)", m.public_id, outputs["hs_execution_state"])
+            done += 1
+        return done
 
     def process(self, m: OutboundMessage) -> str:
         validation = m.validation

@@ -22,8 +22,8 @@ from defusedxml.ElementTree import ParseError, fromstring
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..fetch import FetchPolicy
-from ..outbox import OUT_REJECTED, Outbox, OutboundMessage, request_hash
-from ..pipeline.outbound import prepare, split_media
+from ..outbox import CALLBACK_DUE, OUT_REJECTED, Outbox, OutboundMessage, request_hash
+from ..pipeline.outbound import hubspot_outputs, prepare, split_media
 from ..secrets import any_secret_matches, same_secret
 
 bp = Blueprint("outbound", __name__)
@@ -46,8 +46,10 @@ def _error(status: int, message: str, **extra):
     return jsonify(error=message, **extra), status
 
 
-def _submit(source: str, idem_key: str, fields: dict, check_bytes: bool, body_hash: str):
-    """(row, created) for one send request; validates only when the key is new."""
+def _submit(source: str, idem_key: str, fields: dict, check_bytes: bool, body_hash: str,
+            callback: bool = False):
+    """(row, created) for one send request; validates only when the key is new.
+    ``callback``: a completion is owed once the send has an outcome (HubSpot BLOCK)."""
     rt = _rt()
     box = Outbox(rt.store)
     existing = box.get_by_key(idem_key)
@@ -56,6 +58,8 @@ def _submit(source: str, idem_key: str, fields: dict, check_bytes: bool, body_ha
     item, _ = prepare(rt.config, source=source, idem_key=idem_key, check_bytes=check_bytes,
                       fetch_policy=FetchPolicy.from_config(rt.config.fetch), request_hash=body_hash,
                       **fields)
+    if callback and item["state"] != OUT_REJECTED:
+        item["callback"] = CALLBACK_DUE
     row, created = box.enqueue([item])[0]
     if created and row.state != OUT_REJECTED:
         rt.wake()
@@ -203,16 +207,7 @@ def _hubspot_field(body: dict, name: str):
 
 
 def _hubspot_answer(row: OutboundMessage):
-    errors = (row.validation or {}).get("errors") or ([row.error] if row.error else [])
-    removed = [f"{a['source']}: {a['error']}" for a in (row.validation or {}).get("attachments", [])
-               if not a.get("ok")]
-    return jsonify(outputFields={
-        "hs_execution_state": "FAIL_CONTINUE" if row.state == OUT_REJECTED else "SUCCESS",
-        "message_id": row.public_id,
-        "state": row.state,
-        "error": "; ".join(errors),
-        "removed_attachments": "; ".join(removed),
-    }), 200
+    return jsonify(outputFields=hubspot_outputs(row)), 200
 
 
 @bp.post("/outbound/hubspot")
@@ -246,10 +241,11 @@ def hubspot_action():
     except ValueError as exc:
         return _error(400, str(exc), field=names.media_field)
     callback = body.get("callbackId")
-    key = f"hubspot:{callback}" if isinstance(callback, str) and callback else \
-        f"hubspot:body:{hashlib.sha256(raw).hexdigest()}"
+    action = isinstance(callback, str) and bool(callback)  # a custom workflow action, not a webhook
+    key = f"hubspot:{callback}" if action else f"hubspot:body:{hashlib.sha256(raw).hexdigest()}"
     fields = dict(line=str(line or ""), to=str(to or ""), text=str(msg or ""), media=media, policy=None)
-    row, _ = _submit("hubspot", key, fields, True, request_hash(body))
+    row, _ = _submit("hubspot", key, fields, True, request_hash(body),
+                     callback=action and cfg.outbound.hubspot.complete_async)
     return _hubspot_answer(row)
 
 
