@@ -94,6 +94,9 @@ def test_send_aircall_refuses_completes_with_fail_continue_and_the_reason(arun, 
     assert body["outputFields"]["state"] == "failed"
     assert body["outputFields"]["error"] == row.error
     assert outbox_rows(rt)[0].callback == CALLBACK_DONE
+    # Asked again, the action gets the same outcome at once.
+    again = post(client, action_body(), v3_headers).json["outputFields"]
+    assert (again["hs_execution_state"], again["error"]) == ("FAIL_CONTINUE", row.error)
 
 
 def test_completion_hubspot_cannot_take_now_is_retried_at_the_next_sweep(arun, httpserver):
