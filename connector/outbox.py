@@ -21,7 +21,7 @@ from .store import (
 )
 
 
-CALLBACK_DUE, CALLBACK_DONE, CALLBACK_FAILED = "due", "done", "failed"
+CALLBACK_DUE, CALLBACK_CALLING, CALLBACK_DONE, CALLBACK_FAILED = "due", "calling", "done", "failed"
 
 
 def request_hash(payload: Any) -> str:
@@ -49,7 +49,7 @@ class OutboundMessage:
     result: dict | None
     created_at: float
     lease_owner: str | None = None
-    callback: str | None = None  # a HubSpot workflow action's completion: due, done or failed
+    callback: str | None = None  # a HubSpot workflow action's completion: due, calling, done, failed
 
     @property
     def public_id(self) -> str:
@@ -123,10 +123,18 @@ class Outbox:
         with self.store.read() as conn:
             return [_row(r) for r in conn.execute(q)]
 
-    def callback_finished(self, m: OutboundMessage, outcome: str) -> None:
-        """``done`` (HubSpot took the completion) or ``failed`` (it never will)."""
+    def take_callback(self, m: OutboundMessage) -> bool:
+        """Claim a due completion, so that one process makes the call (every worker's
+        sender and sweep look for them). False: another process has it."""
         with self.store.write() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == m.id, outbox.c.callback == CALLBACK_DUE)
+            return conn.execute(update(outbox).where(outbox.c.id == m.id, outbox.c.callback == CALLBACK_DUE)
+                                .values(callback=CALLBACK_CALLING, updated_at=time.time())).rowcount == 1
+
+    def callback_finished(self, m: OutboundMessage, outcome: str) -> None:
+        """``done`` (HubSpot took the completion), ``failed`` (it never will) or ``due``
+        again (try later)."""
+        with self.store.write() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == m.id, outbox.c.callback == CALLBACK_CALLING)
                          .values(callback=outcome, updated_at=time.time()))
 
     # -- worker side -----------------------------------------------------------------
@@ -189,8 +197,10 @@ class Outbox:
             if log_event:
                 self.store._ingest(conn, **log_event)
 
-    def sweep(self, now: float | None = None) -> int:
-        """``sending`` rows whose worker vanished become ``unknown`` (maybe sent, maybe not)."""
+    def sweep(self, now: float | None = None, stale_after: float = 300) -> int:
+        """``sending`` rows whose worker vanished become ``unknown`` (maybe sent, maybe not);
+        completions claimed ``stale_after`` seconds ago by a process that vanished are due
+        again (completing twice is harmless: HubSpot keeps the first)."""
         now = now or time.time()
         with self.store.write() as conn:
             res = conn.execute(update(outbox).where(
@@ -198,6 +208,9 @@ class Outbox:
                 outbox.c.lease_until <= now).values(
                     state=OUT_UNKNOWN, lease_until=None, lease_owner=None, updated_at=now,
                     error="the worker stopped during the send: it may or may not have gone out"))
+            conn.execute(update(outbox).where(outbox.c.callback == CALLBACK_CALLING,
+                                              outbox.c.updated_at <= now - stale_after)
+                         .values(callback=CALLBACK_DUE, updated_at=now))
         return res.rowcount
 
     # -- reconciling unknown sends -----------------------------------------------------

@@ -150,7 +150,8 @@ outbox = Table(
     Column("error", Text, nullable=True),
     Column("result", Text, nullable=True),
     # A HubSpot workflow action answered BLOCK: "due" until its completion call succeeds
-    # ("done") or HubSpot refuses it for good ("failed"); NULL when nothing is owed.
+    # ("done") or HubSpot refuses it for good ("failed"), "calling" while one worker makes
+    # the call; NULL when nothing is owed.
     Column("callback", String(10), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),

@@ -153,3 +153,26 @@ def test_the_option_needs_hubspot_credentials(tmp_path, httpserver):
         load_config(data=data)
     assert any(e.startswith("(top level): outbound.hubspot.complete_async: completing workflow actions needs "
                             "hubspot.access_token") for e in err.value.errors), err.value.errors
+
+
+def test_one_worker_completes_each_action_and_a_vanished_ones_claim_is_taken_over(arun, httpserver):
+    import time
+
+    from connector.outbox import Outbox
+    rt, client = arun
+    post(client, action_body(), v3_headers)
+    expect_send(httpserver)
+    answer_completion(httpserver, 503, {"status": "error", "message": "unavailable", "category": "INTERNAL_ERROR"})
+    rt.outbound.run_once()
+    [row] = outbox_rows(rt)
+    assert row.callback == CALLBACK_DUE
+    # Another worker claims the completion (and, say, is killed before it calls HubSpot).
+    other = Outbox(rt.store)
+    assert other.take_callback(row) is True
+    assert other.take_callback(row) is False
+    assert rt.outbound.complete_actions() == 0 and len(completions(httpserver)) == 1
+    # Its claim runs out; the next sweep completes the action.
+    assert other.sweep(now=time.time() + 301) == 0
+    answer_completion(httpserver)
+    assert rt.outbound.complete_actions() == 1
+    assert len(completions(httpserver)) == 2 and outbox_rows(rt)[0].callback == CALLBACK_DONE

@@ -21,7 +21,7 @@ import time
 from .. import mms
 from ..config import Config
 from ..fetch import FetchPolicy
-from ..crm.base import PermanentError, WriteError
+from ..crm.base import PermanentError
 from ..outbox import (CALLBACK_DONE, CALLBACK_DUE, CALLBACK_FAILED, OUT_FAILED, OUT_REJECTED, OUT_SENT,
                       OUT_UNKNOWN, OutboundMessage, Outbox)
 from ..phones import region_of
@@ -114,6 +114,8 @@ class OutboundSender:
         A completion HubSpot could not take now is tried again at the next sweep."""
         done = 0
         for m in self.outbox.callbacks_due():
+            if not self.outbox.take_callback(m):
+                continue  # another worker is completing it
             if self.actions is None:
                 from ..crm.hubspot_actions import WorkflowActions
                 self.actions = WorkflowActions(self.config)
@@ -124,7 +126,8 @@ class OutboundSender:
                 self.outbox.callback_finished(m, CALLBACK_FAILED)
                 log.warning("outbound %s: HubSpot refused to complete its workflow action: %s", m.public_id, exc)
                 continue
-            except WriteError as exc:
+            except Exception as exc:  # WriteError, or a bug: the completion stays owed
+                self.outbox.callback_finished(m, CALLBACK_DUE)
                 log.warning("outbound %s: workflow action not completed yet (%s); next sweep", m.public_id, exc)
                 break  # HubSpot is unwell or busy: the others wait for the next sweep too
             self.outbox.callback_finished(m, CALLBACK_DONE)
