@@ -102,7 +102,7 @@ class OutboundSender:
                 done += 1
 
     def sweep(self) -> int:
-        n = self.outbox.sweep()
+        n = self.outbox.sweep(stale_after=self.config.worker.lease_seconds)
         linked = self.outbox.reconcile(aircall.parse, self.config.outbound.reconcile_window_seconds)
         for out_id, msg_id in linked:
             log.info("outbound out_%s: unknown send linked to Aircall message %s", out_id, msg_id)
