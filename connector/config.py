@@ -358,6 +358,24 @@ class OutboundConfig(_Section):
                 return line
         return None
 
+class MediaS3Config(_Section):
+    """An S3 (or S3-compatible) bucket for the media store instead of ``media.dir``."""
+    bucket: str = ""  # empty: the local directory
+    prefix: str = "mms-media"
+    endpoint_url: str = ""  # MinIO, Ceph, R2...; empty: AWS
+    region: str = ""  # empty: boto3's default (AWS_REGION / AWS_DEFAULT_REGION, config file)
+
+    @field_validator("bucket")
+    @classmethod
+    def _boto3_installed(cls, v: str) -> str:
+        if v:
+            try:
+                import boto3  # noqa: F401
+            except ImportError:
+                raise ValueError("an S3 media store needs boto3: pip install -e '.[s3]'") from None
+        return v
+
+
 class MediaConfig(_Section):
     """Inbound attachments: fetched once into a store, served by signed links."""
     # Local directory of the media store (relative to the config file). A directory on a
@@ -372,6 +390,7 @@ class MediaConfig(_Section):
     fetch_attempts: int = Field(3, ge=1, le=10)
     fetch_retry_wait: float = Field(0.5, ge=0, le=60)
     purge_interval: float = Field(3600, gt=0)
+    s3: MediaS3Config = Field(default_factory=MediaS3Config)
 
     @field_validator("signing_secret")
     @classmethod

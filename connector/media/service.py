@@ -22,7 +22,7 @@ from . import names
 from .archive import build_zip
 from .collect import MediaCollector
 from .links import LinkSigner, load_or_create_secret
-from .storage import LocalStorage
+from .storage import make_storage
 
 log = logging.getLogger("connector.media")
 
@@ -53,7 +53,7 @@ class MediaService:
         self.config = config
         self.store = store
         self.root = config.resolve(config.media.dir)
-        self.storage = LocalStorage(self.root)
+        self.storage = make_storage(config)
         self.collector = MediaCollector(
             store, self.storage, FetchPolicy.from_config(config.fetch),
             retention_seconds=config.media.retention_days * DAY,

@@ -1,8 +1,8 @@
-"""Where fetched media bytes live: a small interface, a local-directory implementation.
+"""Where fetched media bytes live: a small interface, a local directory or an S3 bucket.
 
 Keys are relative paths chosen by the connector (never by a sender). A local directory
-on a shared mount (NFS, EFS, SMB) serves several machines; object storage can be added
-later as another class with the same four methods.
+on a shared mount (NFS, EFS, SMB) serves several machines; so does a bucket of S3 or of
+an S3-compatible store (MinIO, Ceph, R2), without a shared file system.
 """
 from __future__ import annotations
 
@@ -87,3 +87,64 @@ class LocalStorage:
             return True
         except FileNotFoundError:
             return False
+
+
+class S3Storage:
+    """Objects under ``prefix`` in one bucket (boto3). A PUT is atomic: readers see the
+    whole object or none. Credentials come from boto3's usual chain (environment
+    variables, shared credentials file, instance or task role)."""
+
+    def __init__(self, bucket: str, prefix: str = "", client=None, *, endpoint_url: str = "",
+                 region: str = ""):
+        if client is None:
+            import boto3
+            client = boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region or None)
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"media key escapes the store: {key!r}")
+        return self.prefix + key
+
+    def _missing(self, exc: Exception) -> bool:
+        from botocore.exceptions import ClientError
+        return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+            "404", "NoSuchKey", "NotFound")
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except Exception as exc:
+            if self._missing(exc):
+                raise FileNotFoundError(key) from None
+            raise
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+        except Exception as exc:
+            if self._missing(exc):
+                return None
+            raise
+
+    def delete(self, key: str) -> bool:
+        if self.size(key) is None:  # S3 answers a delete of a missing key like any other
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        return True
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+
+def make_storage(config) -> "Storage":
+    """The store ``media.*`` names: its S3 bucket when one is set, else its directory."""
+    m = config.media
+    if m.s3.bucket:
+        return S3Storage(m.s3.bucket, m.s3.prefix, endpoint_url=m.s3.endpoint_url, region=m.s3.region)
+    return LocalStorage(config.resolve(m.dir))

@@ -7,6 +7,7 @@ the product's text, as a small HTML page or JSON for API clients.
 """
 from __future__ import annotations
 
+import io
 import logging
 import time
 
@@ -68,7 +69,10 @@ def media(token: str):
     a = found[0]
     inline = a.media_type.startswith("image/")
     try:
-        source = svc.storage.local_path(a.key) or svc.storage.open(a.key)
+        source = svc.storage.local_path(a.key)
+        if source is None:  # object storage: the file in memory (at most 5 MB), so ranges work
+            with svc.storage.open(a.key) as f:
+                source = io.BytesIO(f.read())
         resp = send_file(source, mimetype=a.media_type, as_attachment=not inline,
                          download_name=a.name, conditional=True, max_age=3600)
     except FileNotFoundError:  # purged between the check and the open
