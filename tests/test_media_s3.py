@@ -100,3 +100,20 @@ def test_bucket_without_boto3_is_a_config_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         load_config(data=data)
     assert "media.s3.bucket: an S3 media store needs boto3: pip install -e '.[s3]'" in err.value.errors
+
+
+def test_cli_download_reads_from_the_bucket(env, provider, s3, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from connector.cli import main as cli
+    rt, client = env(media={"s3": {"bucket": BUCKET}})
+    receive(rt, client, provider)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path, media={"dir": str(tmp_path / "media"),
+                                                                  "s3": {"bucket": BUCKET}})))
+    dest = tmp_path / "downloads"
+    result = CliRunner().invoke(cli, ["media", "download", MID, "--dest", str(dest), "--config", str(config)])
+    assert result.exit_code == 1  # some of the message's media is unavailable (as with a directory)
+    assert sorted(p.name for p in dest.iterdir()) == ["front.png", "quote.pdf", "renamed.png", "side.jpg", "spin.gif"]
+    assert (dest / "side.jpg").read_bytes() == FILES["/m/side.jpg"][0]
