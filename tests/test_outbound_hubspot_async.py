@@ -42,6 +42,16 @@ def completions(httpserver) -> list[tuple[dict, str]]:
             for r, _ in httpserver.log if r.path == COMPLETE]
 
 
+def sent_with_completion_owed(arun, httpserver):
+    """A BLOCKed action whose send went out but whose completion HubSpot answered 503."""
+    rt, client = arun
+    post(client, action_body(), v3_headers)
+    expect_send(httpserver)
+    answer_completion(httpserver, 503, {"status": "error", "message": "unavailable", "category": "INTERNAL_ERROR"})
+    rt.outbound.run_once()
+    return rt
+
+
 def test_queued_send_blocks_and_is_completed_with_success_once_sent(arun, httpserver):
     rt, client = arun
     r = post(client, action_body(), v3_headers)
@@ -100,11 +110,7 @@ def test_send_aircall_refuses_completes_with_fail_continue_and_the_reason(arun, 
 
 
 def test_completion_hubspot_cannot_take_now_is_retried_at_the_next_sweep(arun, httpserver):
-    rt, client = arun
-    post(client, action_body(), v3_headers)
-    expect_send(httpserver)
-    answer_completion(httpserver, 503, {"status": "error", "message": "unavailable", "category": "INTERNAL_ERROR"})
-    rt.outbound.run_once()
+    rt = sent_with_completion_owed(arun, httpserver)
     assert len(completions(httpserver)) == 1
     assert outbox_rows(rt)[0].callback == CALLBACK_DUE  # still owed
     answer_completion(httpserver)
@@ -159,11 +165,7 @@ def test_one_worker_completes_each_action_and_a_vanished_ones_claim_is_taken_ove
     import time
 
     from connector.outbox import Outbox
-    rt, client = arun
-    post(client, action_body(), v3_headers)
-    expect_send(httpserver)
-    answer_completion(httpserver, 503, {"status": "error", "message": "unavailable", "category": "INTERNAL_ERROR"})
-    rt.outbound.run_once()
+    rt = sent_with_completion_owed(arun, httpserver)
     [row] = outbox_rows(rt)
     assert row.callback == CALLBACK_DUE
     # Another worker claims the completion (and, say, is killed before it calls HubSpot).
