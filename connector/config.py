@@ -153,6 +153,10 @@ class HubSpotConfig(_Section):
     retry_max: float = Field(10, gt=0)
     batch_size: int = Field(100, ge=1, le=100)
     time_zone: str = ""
+    # Attachments: the connector's signed links, or copies uploaded into HubSpot's file
+    # manager (folder below) that the entry links to instead (connector/crm/hubspot_files.py).
+    attachments: Literal["links", "crm-files"] = "links"
+    files_folder: str = Field("/MMS attachments", pattern=r"^/[^\\]*$")
 
     @model_validator(mode="after")
     def _live_needs_credentials(self) -> "HubSpotConfig":
@@ -210,6 +214,10 @@ class SalesforceConfig(_Section):
     limit_backoff_initial: float = Field(60, gt=0)
     limit_backoff_max: float = Field(3600, gt=0)
     batch_size: int = Field(200, ge=1, le=200)
+    # Attachments: the connector's signed links, or Salesforce Files (ContentVersion)
+    # linked to the entry (connector/crm/salesforce_files.py), which the entry links to.
+    attachments: Literal["links", "crm-files"] = "links"
+    files_visibility: Literal["AllUsers", "InternalUsers"] = "AllUsers"
 
     @field_validator("login_url", "instance_url")
     @classmethod

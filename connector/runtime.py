@@ -49,7 +49,11 @@ class Runtime:
             for writer in writers.values():
                 if getattr(writer, "meter", None) is not None:  # live writers count their requests
                     writer.meter.metrics = self.metrics
-            self._pipeline = Pipeline(self.config, self.store, writers, media=self.media, metrics=self.metrics)
+            media = self.media
+            if any(getattr(w, "files", None) for w in writers.values()):  # attachments: crm-files
+                from .pipeline.crm_files import CrmFiles
+                media = CrmFiles(self.store, self.media, writers)
+            self._pipeline = Pipeline(self.config, self.store, writers, media=media, metrics=self.metrics)
         return self._pipeline
 
     def request_started(self) -> None:

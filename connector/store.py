@@ -119,6 +119,25 @@ media = Table(
 )
 
 
+# Attachments copied into a CRM (``attachments: crm-files``): one row per (CRM, message,
+# position), written as soon as the CRM has the file, so a retry never uploads it again.
+# ``document_id`` and ``linked_to``: the Salesforce ContentDocument and the record it is
+# linked to (NULL until linked).
+crm_files = Table(
+    "crm_files", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(20), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("file_id", String(100), nullable=False),
+    Column("document_id", String(100), nullable=True),
+    Column("url", Text, nullable=False),
+    Column("linked_to", String(100), nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("target", "message_id", "idx", name="uq_crm_files_target_message_idx"),
+)
+
+
 # Outbound sends. ``idem_key`` makes every entry point idempotent (API Idempotency-Key,
 # HubSpot callbackId, Salesforce Notification Id). States: queued -> sending -> sent |
 # failed | unknown; rejected = failed validation, never queued. A send is only retried

@@ -12,6 +12,7 @@ import json
 import re
 import threading
 import time
+from urllib.parse import quote
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -86,6 +87,7 @@ class FakeHubSpot:
         self.deals: dict[str, list[str]] = {}  # contact id -> associated deal ids
         self.batch_rejects: dict[str, str] = {}  # objectWriteTraceId -> validation message
         self.refresh_count = 0
+        self.files: dict[str, dict] = {}  # file id -> folder, name, data, options (Files API)
         self.slow: dict[str, float] = {}  # path regex -> seconds to wait before answering
         self._ids = itertools.count(1001)
         self._tick = itertools.count(1)
@@ -119,6 +121,9 @@ class FakeHubSpot:
         body = request.get_json(silent=True) if request.data else None
         if request.path == "/oauth/v1/token":
             body = dict(request.form)
+        if request.path == "/files/v3/files":  # multipart: the form fields and the file part
+            part = request.files.get("file")
+            body = {**request.form, "file": part and (part.filename, part.mimetype, part.read())}
         self.requests.append((request.method, request.path, body))
         for path, seconds in self.slow.items():
             if re.fullmatch(path, request.path):
@@ -163,11 +168,47 @@ class FakeHubSpot:
             return self._batch_create(body, contact=True)
         if m == "POST" and p == "/crm/v3/objects/communications/batch/update":
             return self._batch_update(body)
+        if m == "POST" and p == "/files/v3/files":
+            return self._upload(body)
         if m == "PATCH" and (g := re.fullmatch(r"/crm/v3/objects/communications/(\d+)", p)):
             return self._update(g.group(1), body)
         return hubspot_error(404, f"no route {m} {p}", "OBJECT_NOT_FOUND")
 
     # -- endpoints -------------------------------------------------------------------
+    def _upload(self, body) -> Response:
+        """POST /files/v3/files as files.json describes it: a file part, folderPath or
+        folderId, options (access required); RETURN_EXISTING answers an identical file
+        already in the folder instead of storing a second one."""
+        if not body.get("file") or not body["file"][0]:
+            return hubspot_error(400, "Could not determine name from file")
+        if not (body.get("folderPath") or body.get("folderId")):
+            return hubspot_error(400, "folderId or folderPath is required")
+        try:
+            options = json.loads(body.get("options") or "")
+        except ValueError:
+            return hubspot_error(400, "options is not valid JSON")
+        if options.get("access") not in ("PUBLIC_INDEXABLE", "PUBLIC_NOT_INDEXABLE", "PRIVATE"):
+            return hubspot_error(400, f"invalid access {options.get('access')!r}")
+        filename, mimetype, data = body["file"]
+        folder = body.get("folderPath")
+        if options.get("duplicateValidationStrategy") == "RETURN_EXISTING":
+            for fid, f in self.files.items():
+                if f["folder"] == folder and f["data"] == data:
+                    return _json(self._file_json(fid), 200)
+        fid = str(next(self._ids))
+        self.files[fid] = {"folder": folder, "name": filename, "mimetype": mimetype, "data": data,
+                           "options": options}
+        return _json(self._file_json(fid), 201)
+
+    def _file_json(self, fid: str) -> dict:
+        f = self.files[fid]
+        name, _, ext = f["name"].rpartition(".")
+        stamp = EPOCH.isoformat()
+        return {"id": fid, "name": name, "extension": ext, "access": f["options"]["access"],
+                "size": len(f["data"]), "archived": False, "createdAt": stamp, "updatedAt": stamp,
+                "path": f"{f['folder'].rstrip('/')}/{f['name']}",
+                "url": "https://files.hubspot.example/hubfs/123" + quote(f"{f['folder'].rstrip('/')}/{f['name']}")}
+
     def _token(self, form) -> Response:
         if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != "refresh-ok":
             return hubspot_error(400, "missing or unknown refresh token", "BAD_REFRESH_TOKEN")

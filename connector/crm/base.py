@@ -134,3 +134,12 @@ class DryRunWriter:
                               object_id=(rec or {}).get("object_id") or f"dry-run-{event.message_id}",
                               status=event.status)
         return Outcome("dry-run", rendered=entry, result={"operation": operation})
+
+
+@dataclass
+class CrmFile:
+    """An attachment's copy in a CRM (``attachments: crm-files``): the CRM's file id, the
+    URL the entry links to and, on Salesforce, the ContentDocument to link to the entry."""
+    file_id: str
+    url: str
+    document_id: str | None = None

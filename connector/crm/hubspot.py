@@ -21,6 +21,7 @@ from .base import (DeliveryContext, Outcome, PermanentError, TransientError, Wri
                    template_context)
 from .hubspot_api import Ambiguous, HubSpotApi, errors_by_key
 from .hubspot_contacts import Contact, ContactMatcher, Unmatched
+from .hubspot_files import HubSpotFiles
 
 NAME = "hubspot"
 OBJECT_TYPE = "communications"
@@ -84,6 +85,7 @@ class HubSpotWriter:
                                      search_bucket=ratelimit.bucket(config, NAME, "search"))
         self.contacts = ContactMatcher(self.api, self.cfg)
         self.meter = self.api.meter
+        self.files = HubSpotFiles(self.api, self.cfg.files_folder) if self.cfg.attachments == "crm-files" else None
         self._checked_types: set[str] = set()
         self.search_lag = SEARCH_LAG
 

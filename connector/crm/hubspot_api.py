@@ -110,8 +110,9 @@ class HubSpotApi:
         self.assoc_batch = crm.associations.v4.batch_api
         self.tokens = self.client.oauth.tokens_api
         self.action_callbacks = self.client.automation.actions.callbacks_api
+        self.files = self.client.files.files_api
         self._apis = [self.contacts_search, self.contacts_basic, self.contacts_batch, self.comm_basic, self.comm_batch,
-                      self.comm_search, self.labels, self.assoc_batch, self.action_callbacks]
+                      self.comm_search, self.labels, self.assoc_batch, self.action_callbacks, self.files]
         self._token_lock = threading.Lock()
         self._token_expires = 0.0
         self._refresh_token = cfg.refresh_token

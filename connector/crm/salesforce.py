@@ -23,6 +23,7 @@ from ..mapping import Mapping, current
 from .base import (DeliveryContext, Outcome, RateLimited, TransientError,
                    WriteError, entry_kind, template_context)
 from .salesforce_client import Refused, SalesforceClient, describe_errors, error_codes, record_error
+from .salesforce_files import SalesforceFiles
 from .salesforce_match import Link, Matcher, Skip, forget
 
 NAME = "salesforce"
@@ -104,6 +105,8 @@ class SalesforceWriter:
                                                  bucket=ratelimit.bucket(config, NAME))
         self.matcher = Matcher(self.cfg, self.client)
         self.meter = self.client.meter
+        self.files = SalesforceFiles(self.client, self.cfg.files_visibility) \
+            if self.cfg.attachments == "crm-files" else None
 
     @property
     def sobject(self) -> str:

@@ -47,6 +47,9 @@ class Pipeline:
         self.writers = writers
         # media(event, delivery) -> (views, download_all_link); replaced when media is stored.
         self.media = media or (lambda event, d: (default_media_views(event), ""))
+        # after_write(target, event, result) -> result: attachments copied into the CRM are
+        # linked to the entry just written (connector/pipeline/crm_files.py).
+        self.after_write = getattr(self.media, "attached", lambda target, event, result: result)
 
     def _count(self, d: Delivery, outcome: str) -> str:
         if self.metrics is not None:
@@ -90,7 +93,7 @@ class Pipeline:
                 result = writer.deliver(event, ctx)
         except Exception as exc:
             result = exc
-        return self.record(d, result)
+        return self.record(d, self.after_write(d.target, event, result))
 
     @contextlib.contextmanager
     def _leases_kept(self, ds: list[Delivery]):
@@ -153,6 +156,8 @@ class Pipeline:
                                          f"{len(items)} items")
             except Exception as exc:  # the whole call failed: every item shares the outcome
                 results = [exc] * len(items)
+            results = [self.after_write(batch[i].target, event, result)
+                       for i, (event, _, _), result in zip(where, items, results)]
             # The batch's outcomes commit together: one transaction, not one per item.
             finished: list = []
             parks: list = []

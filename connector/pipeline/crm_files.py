@@ -1,0 +1,92 @@
+"""Attachments copied into a CRM (``attachments: crm-files``), around the media step.
+
+Before a message is written to a CRM whose writer has ``files`` (connector/crm/
+hubspot_files.py, salesforce_files.py), each attachment the entry can offer (supported,
+fetched, within retention) is uploaded once and remembered in ``crm_files`` as soon as
+the CRM has it, so a retried delivery or a later status update never uploads it again.
+The entry's links then point at the CRM's copy, which stays when the connector's own copy
+expires; "Download all" stays the connector's zip. After the entry is written,
+``attached`` links the copies to it where the CRM needs that (Salesforce); a failure
+there makes the delivery retry, and the write it repeats is idempotent.
+
+Files are uploaded before the writer knows whether the number matches a record, so a
+message that is then skipped (``unknown_number: skip``) leaves its copies unlinked.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy import select, update
+
+from ..crm.base import CrmFile, Outcome
+from ..store import Store, crm_files
+
+log = logging.getLogger("connector.crm_files")
+
+
+class CrmFiles:
+    def __init__(self, store: Store, media, writers: dict):
+        self.store = store
+        self.media = media  # connector.media.MediaService
+        self.uploaders = {name: w.files for name, w in writers.items() if getattr(w, "files", None)}
+
+    def __call__(self, event, delivery=None):
+        """The pipeline's media hook: (views, download-all link), links to the CRM's copies."""
+        views, download_all = self.media(event, delivery)
+        files = self.uploaders.get(getattr(delivery, "target", None))
+        if files is None or not views:
+            return views, download_all
+        target, message_id = delivery.target, event.message_id
+        kept = self.rows(target, message_id)
+        attachments = self.media.attachments(message_id)
+        if len(attachments) != len(views):  # views() describes attachments(), in order
+            raise RuntimeError(f"message {message_id}: media changed while it was read")
+        now = time.time()
+        for a, view in zip(attachments, views):
+            row = kept.get(a.index)
+            if row is None and self.media.present(a, now):
+                with self.media.storage.open(a.key) as fh:
+                    data = fh.read()
+                row = self._save(target, message_id, a.index, files.upload(a.name, a.media_type, data))
+                log.info("%s: attachment %s of message %s uploaded as file %s",
+                         target, a.index + 1, message_id, row["file_id"])
+            if row is not None:
+                view.link, view.available, view.reason = row["url"], True, ""
+        return views, download_all
+
+    def attached(self, target: str, event, result):
+        """After a write: link the message's copies to the entry; the write's result, or
+        the error that kept a copy from being linked (the delivery then retries)."""
+        files = self.uploaders.get(target)
+        if files is None or not getattr(files, "links_to_record", False):
+            return result
+        if not isinstance(result, Outcome) or result.state != "delivered":
+            return result
+        record_id = (result.result or {}).get("id")
+        rows = [r for r in self.rows(target, event.message_id).values() if r["linked_to"] != record_id]
+        if not rows or not record_id:
+            return result
+        try:
+            linked, error = files.attach(rows, record_id)
+        except Exception as exc:
+            return exc
+        if linked:
+            with self.store.write() as conn:
+                conn.execute(update(crm_files).where(crm_files.c.id.in_([r["id"] for r in linked]))
+                             .values(linked_to=record_id))
+        return error or result
+
+    # -- the remembered copies -------------------------------------------------------
+    def rows(self, target: str, message_id: str) -> dict[int, dict]:
+        with self.store.read() as conn:
+            found = conn.execute(select(crm_files).where(crm_files.c.target == target,
+                                                         crm_files.c.message_id == message_id)).fetchall()
+        return {r.idx: dict(r._mapping) for r in found}
+
+    def _save(self, target: str, message_id: str, idx: int, f: CrmFile) -> dict:
+        values = dict(target=target, message_id=message_id, idx=idx, file_id=f.file_id,
+                      document_id=f.document_id, url=f.url, linked_to=None, created_at=time.time())
+        with self.store.write() as conn:
+            conn.execute(crm_files.insert().values(**values))
+        return self.rows(target, message_id)[idx]
