@@ -15,6 +15,7 @@ from conftest import TOKEN, aircall_payload
 from connector.config import ConfigError, load_config
 from connector.pipeline.crm_files import CrmFiles
 from connector.store import DEAD, DELIVERED, RETRYING, crm_files, deliveries
+from connector.store import media as media_table
 from connector.web import create_app
 from hubspot_fake import FakeHubSpot, hubspot_error
 from sf_fake import API, INSTANCE, add_login, add_search, body_of, calls_to, contact
@@ -133,6 +134,25 @@ def test_hubspot_entry_links_to_files_uploaded_once_into_the_portal(hub_rt, prov
     [comm] = hub.comms.values()
     assert front in comm.properties["hs_communication_body"]
     assert delivery_states(rt) == [DELIVERED, DELIVERED]
+
+
+def test_hubspot_copies_stay_linked_after_the_connectors_own_copies_expire(hub_rt, provider):
+    hub, make = hub_rt
+    rt = make()
+    post(rt, with_media(provider, "message_sent"))
+    rt.worker().run_once()
+    with rt.store.engine.begin() as conn:  # retention ran out: the purge deletes the local files
+        conn.execute(media_table.update().values(expires_at=1.0))
+    assert rt.media.purge() == (2, len(PNG) + len(PDF))
+
+    post(rt, with_media(provider, "status_delivered"))
+    rt.worker().run_once()
+    [comm] = hub.comms.values()
+    body = comm.properties["hs_communication_body"]
+    assert body.count("https://files.hubspot.example/hubfs/123/MMS%20attachments/") == 5  # previews (image: href + src), then 2 links
+    assert "<li>front.png: unavailable</li>" not in body and "<li>gone.png: unavailable</li>" in body
+    assert "Download all" not in body  # nothing left to zip
+    assert len(uploads(hub)) == 2
 
 
 def test_hubspot_failed_upload_retries_before_any_entry_and_a_lost_answer_makes_no_copy(hub_rt, provider):
