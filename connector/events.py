@@ -100,12 +100,14 @@ def parse_timestamp(value: Any) -> datetime | None:
         if not s:
             return None
         if s.lstrip("-").isdigit():
-            return parse_timestamp(int(s))
+            # ASCII digits only ("²" is a digit to str.isdigit, not to int), and short
+            # enough for int() to take (it refuses more than 4,300 digits).
+            return parse_timestamp(int(s)) if s.isascii() and len(s) <= 20 else None
         try:
             dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-        except ValueError:
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=timezone.utc)
+            return dt.astimezone(timezone.utc)
+        except (ValueError, OverflowError):  # not ISO 8601, or past year 1 / 9999 in UTC
             return None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.astimezone(timezone.utc)
     return None

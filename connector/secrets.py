@@ -7,8 +7,8 @@ from typing import Iterable
 
 def same_secret(given: str, expected: str) -> bool:
     # Bytes, not str: compare_digest raises TypeError on non-ASCII str, and a header or
-    # query parameter may carry any character.
-    return hmac.compare_digest(given.encode(), expected.encode())
+    # query parameter may carry any character, even a lone surrogate from JSON.
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def any_secret_matches(given: str, secrets: Iterable[str]) -> bool:

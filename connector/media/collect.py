@@ -111,8 +111,9 @@ class MediaCollector:
         if failure is not None:
             raise failure
         if busy:
+            # This delivery only: the CRM's other deliveries have nothing to wait for.
             raise MediaBusy(f"media of message {message_id} is being fetched by another worker",
-                            retry_after=2)
+                            retry_after=2, whole_crm=False)
         return self.store.media_rows(message_id)
 
     def _fetch_and_keep(self, message_id: str, idx: int, item: Media, profile: CarrierProfile) -> dict:

@@ -24,6 +24,18 @@ MAX_EXTERNAL = 40  # store.inbox.external
 # surrogates (no UTF-8 for them) have no place in an id or a number; refused with a 400
 # rather than failing the insert with a 500.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_UNWRITABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def _text(value: str) -> str:
+    """Free text as every store and CRM can take it: JSON may carry a lone surrogate (a
+    sender's client cutting an emoji in half) or a NUL, which no UTF-8 encoder, UTF-16
+    count or PostgreSQL text column accepts. Pairs become their character, a lone half
+    U+FFFD, a NUL nothing."""
+    if not _UNWRITABLE.search(value):
+        return value
+    value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return value.replace("\x00", "")
 
 HANDLED_EVENTS = {
     "message.received": "message.received",
@@ -97,7 +109,7 @@ def _media(data: dict) -> list[Media]:
                 ctype = _field(item, "file_type", ".file_type", (str,), False)
             except PayloadError as exc:  # the item's path is only spelled out for an error
                 raise PayloadError(f"data.media_details[{i}]{exc.field}", exc.reason) from None
-            out.append(Media(url=url, file_name=name or "", content_type=(ctype or "").lower()))
+            out.append(Media(url=url, file_name=_text(name or ""), content_type=_text(ctype or "").lower()))
         return out
     urls = data.get("media_url")
     if urls is None:
@@ -147,16 +159,16 @@ def parse(body: Any) -> MessageEvent:
     if direction not in (INBOUND, OUTBOUND):
         raise PayloadError("data.direction", "must be 'inbound' or 'outbound'")
 
-    provider_status = _field(data, "status", "data.status", (str,), False) or ""
+    provider_status = _text(_field(data, "status", "data.status", (str,), False) or "")
     status = _STATUS.get(provider_status.lower(), UNKNOWN)
     if not provider_status:
         status = {"message.received": RECEIVED, "message.sent": SENT}.get(name, UNKNOWN)
 
-    text = _field(data, "body", "data.body", (str,), False) or ""
+    text = _text(_field(data, "body", "data.body", (str,), False) or "")
     number = _field(data, "number", "data.number", (dict,), False) or {}
-    line_digits = _field(number, "digits", "data.number.digits", (str,), False) or ""
-    line_country = _field(number, "country", "data.number.country", (str,), False) or ""
-    line_name = _field(number, "name", "data.number.name", (str,), False) or ""
+    line_digits = _text(_field(number, "digits", "data.number.digits", (str,), False) or "")
+    line_country = _text(_field(number, "country", "data.number.country", (str,), False) or "")
+    line_name = _text(_field(number, "name", "data.number.name", (str,), False) or "")
     region = line_country.upper() if len(line_country) == 2 else "US"
     ext_key = "external_number"
     ext_raw = _field(data, ext_key, "data.external_number", (str,), False)
