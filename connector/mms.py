@@ -32,8 +32,16 @@ BAD_RECIPIENT = "The recipient {to} is not a valid phone number"
 TEXT_TOO_LONG = "The text is longer than {n} characters"
 NOTHING_TO_SEND = "Nothing to send: add text or at least one valid attachment"
 
-# Format name -> the MIME types filetype reports for it.
+# Format name -> its MIME type; and the types filetype reports that are one of them (an
+# animated PNG, as stickers are, is a PNG to every carrier and browser).
 MIME = {"pdf": "application/pdf", "jpg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+SAME_AS = {"image/apng": "image/png"}
+
+
+def detect_type(data: bytes) -> str | None:
+    """The MIME type of ``data`` judged by its bytes, or None."""
+    kind = filetype.guess(data) if data else None
+    return SAME_AS.get(kind.mime, kind.mime) if kind else None
 COUNTRY_NAMES = {"US": "the US", "CA": "Canada", "AU": "Australia"}
 
 
@@ -162,10 +170,10 @@ def check_attachment(i: int, att: Attachment, profile: CarrierProfile) -> Attach
                                    detail=att.load_error)
         return AttachmentCheck(i, att.source, False, error=UNKNOWN, detail=att.load_error or None)
     size = len(att.content)
-    kind = filetype.guess(att.content)
-    fmt = next((f for f, mime in MIME.items() if kind and kind.mime == mime), None)
+    detected = detect_type(att.content)
+    fmt = next((f for f, mime in MIME.items() if detected == mime), None)
     if fmt is None or fmt not in profile.formats:
-        seen = kind.mime if kind else "unrecognized content"
+        seen = detected or "unrecognized content"
         return AttachmentCheck(i, att.source, False, format=fmt, size=size,
                                error=format_error(profile.formats), detail=f"content is {seen}")
     limit = profile.pdf_max_bytes if fmt == "pdf" else profile.image_max_bytes

@@ -56,3 +56,11 @@ def mms_payload(message_id: str, items: list[tuple[str, str, str]], token: str) 
                               for u, n, t in items],
         },
     }
+
+
+def apng() -> bytes:
+    """An animated PNG (two frames), as stickers are: filetype calls it image/apng."""
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 3), (200, 30, 30)).save(buf, format="PNG", save_all=True, duration=100, loop=0,
+                                                 append_images=[Image.new("RGB", (4, 3), (30, 200, 30))])
+    return buf.getvalue()

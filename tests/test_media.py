@@ -437,3 +437,11 @@ def test_unsupported_declared_type_that_cannot_be_fetched_shows_the_format_alert
     assert "unavailable due to an error" not in body
     [row] = [r for r in rt.store.media_rows("SMgonevideo") if r["name"] == "clip.mov"]
     assert row["state"] == "unsupported" and row["reason"] == "unsupported format (video/quicktime)"
+
+
+def test_an_animated_png_is_received_as_a_png(env, provider):
+    provider.expect_request("/m/sticker.png").respond_with_data(mf.apng(), content_type="image/png")
+    rt, client = env()
+    receive(rt, client, provider, items=[("/m/sticker.png", "sticker.png", "image/png")], message_id="SMapng")
+    [row] = rt.store.media_rows("SMapng")
+    assert (row["state"], row["detected_type"], row["path"].endswith(".png")) == ("available", "image/png", True)

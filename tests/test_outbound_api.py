@@ -184,3 +184,12 @@ def test_sent_message_is_logged_once_and_status_updates_the_same_crm_entry(oclie
     rec = ort.store.get_record("hubspot", "SMlog1")
     assert rec["status"] == "delivered" and rec["object_id"] == "dry-run-SMlog1"
     assert ort.store.get_record("salesforce", "SMlog1")["status"] == "delivered"
+
+
+def test_an_animated_png_is_a_png(oclient, ort, httpserver):
+    import media_files as mf
+    httpserver.expect_request("/media/sticker.png").respond_with_data(mf.apng(), content_type="image/png")
+    url = httpserver.url_for("/media/sticker.png")
+    r = post(oclient, {"from": LINE, "to": TO, "media": [url], "policy": "strict"})
+    assert r.status_code == 202, r.json
+    assert r.json["validation"]["attachments"][0]["format"] == "png"

@@ -13,7 +13,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import filetype
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .. import mms
@@ -49,8 +48,7 @@ class Verdict:
 
 def classify(data: bytes, declared_type: str, profile: CarrierProfile) -> Verdict:
     """Supported, unsupported or too large, judged by the bytes (the MMS rules in mms.py)."""
-    kind = filetype.guess(data) if data else None
-    detected = kind.mime if kind else None
+    detected = mms.detect_type(data)
     check = mms.check_attachment(0, mms.Attachment(source="", content=data), profile)
     if check.ok:
         return Verdict(MEDIA_AVAILABLE, detected, "")
