@@ -37,6 +37,16 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     public_base_url: str = "http://127.0.0.1:8080"
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        # Links in CRM entries and HubSpot's request signatures are built on it: without a
+        # scheme and host every link is broken and every signed request refused.
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v):
+            raise ValueError("must be the address CRM users' browsers reach, such as "
+                             "https://mms.example.com (optionally with a path), without a query")
+        return v
+
 
 class StoreConfig(_Section):
     url: str = "sqlite:///data/connector.db"
@@ -322,6 +332,15 @@ class OutboundSalesforce(_Section):
     text_field: str = "Body__c"
     media_field: str = "Media_URL__c"  # several URLs separated by whitespace or commas
 
+    @field_validator("organization_ids")
+    @classmethod
+    def _org_ids(cls, v: list[str]) -> list[str]:
+        for org in v:
+            if not re.fullmatch(r"00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?", org):
+                raise ValueError(f"{org!r} is not a Salesforce organization id (15 or 18 letters and "
+                                 "digits starting 00D: Setup > Company Information)")
+        return v
+
 
 class OutboundConfig(_Section):
     policy: Literal["partial", "strict"] = "partial"
@@ -345,7 +364,13 @@ class OutboundConfig(_Section):
     @field_validator("mms_countries")
     @classmethod
     def _countries(cls, v: list[str]) -> list[str]:
-        return [c.upper() for c in v]
+        import phonenumbers
+        codes = [c.upper() for c in v]
+        wrong = [c for c in codes if c not in phonenumbers.SUPPORTED_REGIONS]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: {'is not an' if len(wrong) == 1 else 'are not'} ISO 3166 "
+                             "country code (two letters: US, CA, AU; the United Kingdom is GB)")
+        return codes
 
     @model_validator(mode="after")
     def _profiles_exist(self) -> "OutboundConfig":

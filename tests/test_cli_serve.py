@@ -124,6 +124,27 @@ def test_check_names_the_key_path_of_each_error(tmp_path):
     assert "worker.threads: Input should be a valid integer, unable to parse string as an integer" in lines
 
 
+def test_check_refuses_values_that_would_only_fail_later(tmp_path):
+    # Each was accepted before and broke at run time: every Australian MMS refused, every
+    # CRM link and HubSpot signature wrong, every Outbound Message answered 403.
+    bad = tmp_path / "config.yaml"
+    bad.write_text(yaml.safe_dump({
+        "aircall": {"webhook_tokens": ["t"]},
+        "server": {"public_base_url": "connector.example.com"},
+        "outbound": {"mms_countries": ["US", "CA", "AUS"],
+                     "salesforce": {"organization_ids": ["00D5e000000AbC"]}},
+    }))
+    r = cli("check", "--config", str(bad), cwd=tmp_path, env=env_with_token())
+    assert r.returncode == 2
+    lines = [line.strip() for line in r.stderr.splitlines()]
+    assert ("server.public_base_url: must be the address CRM users' browsers reach, such as "
+            "https://mms.example.com (optionally with a path), without a query") in lines
+    assert ("outbound.mms_countries: AUS: is not an ISO 3166 country code (two letters: US, CA, AU; "
+            "the United Kingdom is GB)") in lines
+    assert ("outbound.salesforce.organization_ids: '00D5e000000AbC' is not a Salesforce organization id "
+            "(15 or 18 letters and digits starting 00D: Setup > Company Information)") in lines
+
+
 def test_check_reports_invalid_yaml_with_line_and_column(tmp_path):
     bad = tmp_path / "config.yaml"
     bad.write_text("server:\n  port: 8080\n  host: [unclosed\n")
