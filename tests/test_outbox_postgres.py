@@ -11,6 +11,7 @@ import pytest
 from connector.outbox import OUT_QUEUED, OUT_SENT, OUT_UNKNOWN, Outbox
 from connector.providers import aircall
 from connector.store import Store
+from tests.outbound_support import ort  # noqa: F401 (fixture)
 
 
 @pytest.fixture
@@ -77,3 +78,32 @@ def test_sent_with_log_event_then_sweep_and_reconcile(box):
                      targets=["hubspot"])
     assert box.reconcile(aircall.parse, window=600) == [(b.id, "SM2")]
     assert box.get(b.id).provider_message_id == "SM2"
+
+
+@pytest.mark.parametrize("body,error", [
+    ({"from": "+14155550100", "to": "call me at the office, ext. 1234, ask for Jane Doe", "text": "hi"},
+     "The recipient call me at the office, ext. 1234, ask for Jane Doe is not a valid phone number"),
+    ({"from": "the sales line, the one printed on our website", "to": "+14155550142", "text": "hi"},
+     "The line the sales line, the one printed on our website is not set up for sending (outbound.lines)"),
+])
+def test_a_long_non_number_is_rejected_with_its_text_not_a_500(ort, pg_url, body, error):
+    from connector.web import create_app
+    from tests.outbound_support import API_TOKEN, outbox_rows
+    rt = ort.make(store={"url": pg_url})
+    r = create_app(rt.config, rt).test_client().post(
+        "/api/v1/messages", json=body, headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert r.status_code == 422 and r.json["errors"] == [error]
+    [row] = outbox_rows(rt)
+    assert row.state == "rejected" and row.error == error
+
+
+def test_one_unusable_salesforce_notification_does_not_lose_the_others(ort, pg_url):
+    from connector.web import create_app
+    from tests.outbound_support import ORG, outbox_rows
+    from tests.test_outbound_salesforce import REQUEST
+    text = REQUEST.replace("+14155550199", "see the account's billing contact for the number")
+    rt = ort.make(store={"url": pg_url}, outbound={"salesforce": {"organization_ids": [ORG]}})
+    r = create_app(rt.config, rt).test_client().post("/outbound/salesforce", data=text.encode(),
+                                                     headers={"Content-Type": "text/xml"})
+    assert r.status_code == 200 and b"<Ack>true</Ack>" in r.data
+    assert sorted(row.state for row in outbox_rows(rt)) == ["queued", "rejected"]

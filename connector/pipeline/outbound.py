@@ -227,8 +227,10 @@ def prepare(config: Config, *, source: str, idem_key: str, line: str, to: str, t
         validation = {"ok": not errors, "policy": policy, "errors": errors, "attachments": [],
                       "removed": [], "pending": "attachments are checked before sending"}
     ln = cfg.line(line)
-    item = dict(idem_key=idem_key, request_hash=request_hash, source=source, line=line,
-                line_id=ln.id if ln else "", recipient=recipient, text=text, media=media,
+    # A number too long for its column (40) is no number: the request is rejected, its
+    # error quotes it whole, and the row keeps the start (PostgreSQL refuses longer ones).
+    item = dict(idem_key=idem_key, request_hash=request_hash, source=source, line=line[:40],
+                line_id=ln.id if ln else "", recipient=recipient[:40], text=text, media=media,
                 policy=policy, validated=check_bytes, validation=validation,
                 state=OUT_QUEUED if validation["ok"] else OUT_REJECTED,
                 error=None if validation["ok"] else "; ".join(validation["errors"]))

@@ -242,6 +242,8 @@ def hubspot_action():
         return _error(400, str(exc), field=names.media_field)
     callback = body.get("callbackId")
     action = isinstance(callback, str) and bool(callback)  # a custom workflow action, not a webhook
+    if action and len(callback) > 200:
+        return _error(400, "callbackId is longer than 200 characters", field="callbackId")
     key = f"hubspot:{callback}" if action else f"hubspot:body:{hashlib.sha256(raw).hexdigest()}"
     fields = dict(line=str(line or ""), to=str(to or ""), text=str(msg or ""), media=media, policy=None)
     row, _ = _submit("hubspot", key, fields, True, request_hash(body),
@@ -296,8 +298,8 @@ def salesforce_outbound():
     policy = FetchPolicy.from_config(cfg.fetch)
     for n in items:
         nid = (n.findtext(f"{OM_NS}Id") or "").strip()
-        if not nid:
-            return _soap_fault(400, "a Notification has no Id")
+        if not nid or len(nid) > 100:
+            return _soap_fault(400, "a Notification has no Id" if not nid else "a Notification Id is longer than 100 characters")
         sobj = n.find(f"{OM_NS}sObject")
         values = {} if sobj is None else {
             child.tag.replace(SOBJECT_NS, ""): (child.text or "").strip() for child in sobj}
