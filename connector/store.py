@@ -582,13 +582,17 @@ class Store:
                 media.c.message_id == message_id, media.c.idx == idx,
                 media.c.state == MEDIA_FETCHING, media.c.lease_owner == owner).values(lease_until=0))
 
-    def media_expired(self, now: float | None = None, limit: int = 500) -> list[dict]:
-        """Stored files whose retention ran out."""
+    def media_expired(self, now: float | None = None, limit: int = 500,
+                      retention: float | None = None) -> list[dict]:
+        """Stored files whose retention ran out: the one they were fetched under, or
+        ``retention`` seconds, if that is shorter now."""
         now = now or time.time()
+        due = media.c.expires_at <= now
+        if retention is not None:
+            due = or_(due, media.c.fetched_at <= now - retention)
         with self.read() as conn:
-            rows = conn.execute(select(media).where(
-                media.c.state == MEDIA_AVAILABLE, media.c.expires_at <= now,
-            ).order_by(media.c.expires_at).limit(limit)).fetchall()
+            rows = conn.execute(select(media).where(media.c.state == MEDIA_AVAILABLE, due)
+                                .order_by(media.c.expires_at).limit(limit)).fetchall()
         return [dict(r._mapping) for r in rows]
 
     def media_mark_expired(self, row_id: int) -> None:

@@ -445,3 +445,18 @@ def test_an_animated_png_is_received_as_a_png(env, provider):
     receive(rt, client, provider, items=[("/m/sticker.png", "sticker.png", "image/png")], message_id="SMapng")
     [row] = rt.store.media_rows("SMapng")
     assert (row["state"], row["detected_type"], row["path"].endswith(".png")) == ("available", "image/png", True)
+
+
+def test_a_shortened_retention_applies_to_media_already_stored(env, provider, monkeypatch):
+    rt, client = env(media={"retention_days": 183})
+    targets = receive(rt, client, provider, items=ITEMS[:1])
+    link = links(body_of(targets["hubspot"]))[0]
+    assert client.get(path_of(link)).status_code == 200
+    # The company shortens retention to 30 days; 40 days later the file and its link are gone.
+    rt2, client2 = env(media={"retention_days": 30})
+    later = time.time() + 40 * 86400
+    monkeypatch.setattr(time, "time", lambda: later)
+    resp = client2.get(path_of(link))
+    assert resp.status_code == 410 and UNAVAILABLE in resp.get_data(as_text=True)
+    assert rt2.media.purge() == (1, len(FILES["/m/front.png"][0]))
+    assert rt2.store.media_rows(MID)[0]["state"] == "expired"

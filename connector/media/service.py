@@ -95,11 +95,17 @@ class MediaService:
     # -- reading -----------------------------------------------------------------------
     def attachments(self, message_id: str) -> list[Attachment]:
         out = []
+        retention = self.config.media.retention_days * DAY
         for r in self.store.media_rows(message_id):
             media_type = r["detected_type"] or r["declared_type"] or "application/octet-stream"
             state = r["state"]
             reason = r["reason"] or ""
-            if state == MEDIA_AVAILABLE and r["expires_at"] is not None and time.time() >= r["expires_at"]:
+            expires = r["expires_at"]
+            if expires is not None and r["fetched_at"] is not None:
+                # A retention shortened since the fetch applies at once; a longer one only
+                # to media fetched after the change (links already signed cannot be extended).
+                expires = min(expires, r["fetched_at"] + retention)
+            if state == MEDIA_AVAILABLE and expires is not None and time.time() >= expires:
                 state, reason = MEDIA_EXPIRED, "expired"
             elif state == MEDIA_EXPIRED:
                 reason = "expired"
@@ -107,7 +113,7 @@ class MediaService:
                 message_id=message_id, index=r["idx"],
                 name=names.safe_filename(r["name"], r["idx"] + 1, r["detected_type"]),
                 media_type=media_type, size=r["size"], state=state, reason=reason,
-                key=r["path"], expires_at=r["expires_at"]))
+                key=r["path"], expires_at=expires))
         names_unique = names.unique([a.name for a in out])
         for a, n in zip(out, names_unique):
             a.name = n
@@ -145,7 +151,7 @@ class MediaService:
         now = now or time.time()
         count = freed = 0
         while True:
-            rows = self.store.media_expired(now)
+            rows = self.store.media_expired(now, retention=self.config.media.retention_days * DAY)
             if not rows:
                 break
             for r in rows:
