@@ -79,6 +79,7 @@ class Attachment:
     content: bytes | None = None
     load_error: str = ""  # why it could not be loaded (detail for the operator)
     too_large: bool = False  # loading stopped at the size cap
+    flaky: bool = False  # the failure may pass: timeout, network, HTTP 5xx or 429
 
 
 @dataclass
@@ -144,6 +145,8 @@ def _fetch_into(att: Attachment, policy: FetchPolicy, cap: int) -> None:
         att.content = fetch(att.source, policy, max_bytes=cap).content
     except FetchError as exc:
         att.too_large = exc.kind == "too_large"
+        att.flaky = exc.kind in ("timeout", "network") or (
+            exc.kind == "http_error" and (exc.status or 500) >= 500 or exc.status == 429)
         att.load_error = f"{exc.kind}: {exc}"
 
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
 
-from connector.outbox import OUT_QUEUED, OUT_REJECTED, OUT_SENT
+from connector.outbox import OUT_FAILED, OUT_QUEUED, OUT_REJECTED, OUT_SENT
 from tests.outbound_support import (
     LINE, ORG, expect_send, aircall_message, oclient, ort, outbox_rows, send_requests, serve_media,
 )
@@ -134,3 +135,42 @@ def test_strict_policy_rejects_in_the_worker_and_sends_nothing(ort, httpserver):
     assert first.error == "Only pdf, jpg, jpeg, png, or gif files are allowed for MMS"
     assert second.state == OUT_SENT
     assert [r["to"] for r in send_requests(httpserver)] == ["+14155550199"]
+
+
+def test_a_media_host_hiccup_delays_the_send_instead_of_dropping_the_file(oclient, ort, httpserver):
+    httpserver.expect_oneshot_request("/media/label.jpg").respond_with_data("busy", status=503)
+    good = serve_media(httpserver, "label.jpg", "jpg")
+    post(oclient, REQUEST.replace("https://files.example.com/mms/label-123.jpg", good))
+    expect_send(httpserver, aircall_message("SF2", to="+14155550199"))
+    ort.outbound.run_once()
+    first = outbox_rows(ort)[0]
+    assert (first.state, first.attempts) == (OUT_QUEUED, 1)
+    assert first.error.startswith("attachment not fetched yet: http_error: HTTP 503 from ")
+    assert [r["to"] for r in send_requests(httpserver)] == ["+14155550199"]  # the other went out
+
+    expect_send(httpserver, aircall_message("SF1", text="Your order has shipped & is on its way."))
+    time.sleep(0.1)  # its backoff (worker.backoff_initial)
+    ort.outbound.run_once()
+    assert send_requests(httpserver)[1] == {
+        "to": "+14155550142", "body": "Your order has shipped & is on its way.", "mediaUrl": [good]}
+    assert outbox_rows(ort)[0].state == OUT_SENT
+
+
+def test_media_that_stays_unreachable_fails_the_strict_send_so_it_can_be_resent(ort, httpserver):
+    from connector.outbox import Outbox
+    from connector.web import create_app
+    rt = ort.make(outbound={"policy": "strict", "salesforce": {"organization_ids": [ORG]}},
+                  worker={"max_attempts": 2})
+    httpserver.expect_request("/media/label.jpg").respond_with_data("busy", status=503)
+    url = httpserver.url_for("/media/label.jpg")
+    post(create_app(rt.config, rt).test_client(),
+         REQUEST.replace("https://files.example.com/mms/label-123.jpg", url))
+    expect_send(httpserver, aircall_message("SF2", to="+14155550199"))
+    rt.outbound.run_once()
+    time.sleep(0.1)
+    rt.outbound.run_once()
+    first = outbox_rows(rt)[0]
+    assert (first.state, first.attempts) == (OUT_FAILED, 1)
+    assert first.error == "Sorry, the problem has occurred. Please try again later"
+    assert [r["to"] for r in send_requests(httpserver)] == ["+14155550199"]  # nothing else sent
+    assert Outbox(rt.store).resolve(first.id, OUT_QUEUED)  # outbox resolve --resend takes it

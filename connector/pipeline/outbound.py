@@ -22,7 +22,7 @@ from .. import mms
 from ..config import Config
 from ..fetch import FetchPolicy
 from ..crm.base import PermanentError
-from ..outbox import (CALLBACK_DONE, CALLBACK_DUE, CALLBACK_FAILED, OUT_FAILED, OUT_REJECTED, OUT_SENT,
+from ..outbox import (CALLBACK_DONE, CALLBACK_DUE, CALLBACK_FAILED, OUT_FAILED, OUT_QUEUED, OUT_REJECTED, OUT_SENT,
                       OUT_UNKNOWN, OutboundMessage, Outbox)
 from ..phones import region_of
 from ..providers import aircall
@@ -140,13 +140,27 @@ class OutboundSender:
         if not m.validated:  # queued without fetching (Salesforce): check the bytes now
             profile = mms.profile_for(self.config.outbound, m.line)
             loaded = mms.load(m.media, profile, self.fetch_policy)
+            flaky = [a for a in loaded if a.flaky]
+            if flaky and m.attempts + 1 < self.config.worker.max_attempts:
+                # The media host may recover: fetch again later rather than send without
+                # the file (partial) or refuse the send (strict) over one hiccup.
+                attempts, w = m.attempts + 1, self.config.worker
+                wait = backoff_seconds(attempts, w.backoff_initial, w.backoff_max)
+                error = f"attachment not fetched yet: {flaky[0].load_error}"
+                self.outbox.update(m, state=OUT_QUEUED, attempts=attempts, next_at=time.time() + wait,
+                                   error=error, lease_until=None, lease_owner=None)
+                log.info("outbound %s: %s; again in %.1fs", m.public_id, error, wait)
+                return OUT_QUEUED
             v = mms.validate(self.config.outbound, m.line, m.recipient, m.text, loaded, m.policy)
             validation = v.to_dict()
             if not v.ok:
-                self.outbox.finish(m, OUT_REJECTED, validation=validation, validated=True,
+                # Refused by the rules: rejected. Still unfetchable after every attempt:
+                # failed, which an operator can send again (outbox resolve --resend).
+                state = OUT_FAILED if flaky else OUT_REJECTED
+                self.outbox.finish(m, state, validation=validation, validated=not flaky,
                                    error="; ".join(v.errors))
-                log.info("outbound %s: rejected: %s", m.public_id, "; ".join(v.errors))
-                return OUT_REJECTED
+                log.info("outbound %s: %s: %s", m.public_id, state, "; ".join(v.errors))
+                return state
             self.outbox.update(m, validation=validation, validated=True)
         media = media_to_send(validation, m.media)
         if not self.outbox.begin_send(m):
