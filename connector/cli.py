@@ -181,6 +181,8 @@ def check(config_path, crm, mapping_path):
             for w in mapping.warnings:
                 click.echo(w, err=True)
             click.echo(f"{mapping.path}: OK ({name}, {mapping.object})")
+    for w in cfg.warnings():
+        click.echo(f"warning: {w}", err=True)
     if errors:
         for e in errors:
             click.echo(e, err=True)

@@ -465,6 +465,26 @@ class Config(_Section):
                              "refresh_token) of the app that defines the action")
         return self
 
+    def warnings(self) -> list[str]:
+        """Valid settings an admin most likely did not mean (``check`` prints them, the web
+        app logs them at start)."""
+        out = []
+        sf = self.outbound.salesforce
+        if sf.organization_ids and not sf.token:
+            out.append("outbound.salesforce.token: empty, so anyone who knows an accepted organization id "
+                       "can queue sends from your lines; set it and add ?token=... to the Outbound "
+                       "Message endpoint URL")
+        for name in ("hubspot", "salesforce"):
+            section = getattr(self, name)
+            if section.attachments == "crm-files" and section.mode == "dry-run":
+                out.append(f"{name}.attachments: crm-files uploads nothing in dry-run mode; the "
+                           "recorded entries show the connector's links")
+        beyond = [c for c in self.outbound.mms_countries if c not in ("US", "CA", "AU")]
+        if beyond:
+            out.append(f"outbound.mms_countries: {', '.join(beyond)}: Aircall's MMS article names the "
+                       "US, Canada and Australia only")
+        return out
+
     def targets(self) -> list[str]:
         """CRMs that receive message events (mode live or dry-run)."""
         return [n for n in ("hubspot", "salesforce") if getattr(self, n).mode != "off"]

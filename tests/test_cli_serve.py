@@ -145,6 +145,24 @@ def test_check_refuses_values_that_would_only_fail_later(tmp_path):
             "(15 or 18 letters and digits starting 00D: Setup > Company Information)") in lines
 
 
+def test_check_warns_of_valid_settings_that_are_likely_mistakes(tmp_path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "aircall": {"webhook_tokens": ["t"]},
+        "hubspot": {"mode": "dry-run", "mapping": str(ROOT / "mappings/hubspot.yaml"), "attachments": "crm-files"},
+        "salesforce": {"mode": "off"},
+        "outbound": {"mms_countries": ["US", "GB"], "salesforce": {"organization_ids": ["00D5e000000AbCd"]}},
+    }))
+    r = cli("check", "--config", str(cfg), cwd=tmp_path, env=env_with_token())
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [
+        "warning: outbound.salesforce.token: empty, so anyone who knows an accepted organization id can "
+        "queue sends from your lines; set it and add ?token=... to the Outbound Message endpoint URL",
+        "warning: hubspot.attachments: crm-files uploads nothing in dry-run mode; the recorded entries "
+        "show the connector's links",
+        "warning: outbound.mms_countries: GB: Aircall's MMS article names the US, Canada and Australia only"]
+
+
 def test_check_reports_invalid_yaml_with_line_and_column(tmp_path):
     bad = tmp_path / "config.yaml"
     bad.write_text("server:\n  port: 8080\n  host: [unclosed\n")

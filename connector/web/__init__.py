@@ -1,6 +1,7 @@
 """Flask app factory: one blueprint per inbound surface."""
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Flask, jsonify
@@ -9,10 +10,13 @@ from werkzeug.exceptions import HTTPException
 from ..config import Config
 from ..runtime import Runtime
 
+log = logging.getLogger("connector.web")
 RECEIVED_AT = "connector.received_at"  # WSGI environ key: when the request arrived
 
 
 def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
+    for warning in config.warnings():
+        log.warning("config: %s", warning)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     rt = app.extensions["connector"] = runtime or Runtime(config)
