@@ -201,3 +201,42 @@ def test_a_contacts_batch_refused_as_a_whole_is_retried_number_by_number(live, h
     assert all(isinstance(r, Outcome) for r in results), results
     assert [len(c[2]["inputs"]) for c in hub.calls("POST", CONTACTS_BATCH)] == [3, 1, 1, 1]
     assert len(hub.contacts) == 3
+
+
+def senders(rt, *numbers: str) -> list:
+    """One inbound SMS from each number."""
+    out = []
+    for n, sender in enumerate(numbers):
+        p = aircall_payload("sms_received")
+        p["data"].update(id=f"intl{n}", external_number=sender, raw_digits=sender.lstrip("+"))
+        e = aircall.parse(p)
+        out.append((e, DeliveryContext(store=rt.store, config=rt.config, media=default_media_views(e))))
+    return out
+
+
+def test_a_burst_sends_each_number_to_its_own_country_s_contact(live, hub):
+    # Both numbers' national digits are 2071838750: one IN search finds both contacts.
+    uk = hub.add_contact(phone="+44 20 7183 8750")
+    us = hub.add_contact(mobilephone="(207) 183-8750")
+    rt = live()
+    writer = rt.pipeline.writers["hubspot"]
+    results = writer.deliver_many(senders(rt, "+12071838750", "+442071838750", "+12071838750"))
+    assert all(isinstance(r, Outcome) and r.state == "delivered" for r in results), results
+    [search] = hub.calls("POST", "/crm/v3/objects/contacts/search")
+    assert search[2]["filterGroups"][0] == {"filters": [
+        {"propertyName": "phone", "operator": "IN", "values": ["+12071838750", "+442071838750"]}]}
+    assert search[2]["filterGroups"][2] == {"filters": [
+        {"propertyName": "hs_searchable_calculated_phone_number", "operator": "EQ", "value": "2071838750"}]}
+    assert [r.result["contact_id"] for r in results] == [us, uk, us]
+    [create] = hub.calls("POST", BATCH)
+    assert [i["associations"][0]["to"]["id"] for i in create[2]["inputs"]] == [us, uk, us]
+
+
+def test_a_burst_leaves_a_number_no_contact_has_unmatched(live, hub):
+    hub.add_contact(phone="+442071838750")
+    rt = live()
+    writer = rt.pipeline.writers["hubspot"]
+    results = writer.deliver_many(senders(rt, "+12071838750", "+442071838750"))
+    assert [r.state for r in results] == ["skipped", "delivered"]
+    assert results[0].result["reason"].startswith("no HubSpot contact has the number +12071838750")
+    assert len(hub.calls("POST", "/crm/v3/objects/contacts/search")) == 1 and len(hub.comms) == 1

@@ -133,6 +133,49 @@ def test_mobile_number_matches_too(live, hub):
     assert create[2]["associations"][0]["to"]["id"] == cid
 
 
+def test_a_lone_hit_on_national_digits_of_another_country_is_not_the_contact(live, hub):
+    uk = hub.add_contact(phone="+442071838750", firstname="London")  # calculated: 2071838750
+    rt = live(unknown_number={"action": "create", "lastname": "{international}"})
+    post(rt, "sms_received", external_number="+12071838750", raw_digits="12071838750")
+    run(rt)
+    [search] = hub.calls("POST", "/crm/v3/objects/contacts/search")
+    assert search[2]["filterGroups"][2] == {"filters": [
+        {"propertyName": "hs_searchable_calculated_phone_number", "operator": "EQ", "value": "2071838750"}]}
+    [made] = hub.calls("POST", "/crm/v3/objects/contacts/batch/create")
+    assert made[2]["inputs"][0]["properties"]["phone"] == "+12071838750"
+    [create] = hub.calls("POST", "/crm/v3/objects/communications")
+    new = create[2]["associations"][0]["to"]["id"]
+    assert new != uk and hub.contacts[new].properties["phone"] == "+12071838750"
+    assert state(rt, SMS)[0]["result"]["contact_id"] == new
+
+
+@pytest.mark.parametrize("sender,expected", [("+12071838750", 0), ("+442071838750", 1)])
+def test_same_national_digits_in_two_countries_go_to_the_right_contact(live, hub, sender, expected):
+    ids = [hub.add_contact(phone="(207) 183-8750", created_days=5),  # typed without country code
+           hub.add_contact(mobilephone="+44 20 7183 8750", created_days=1)]
+    rt = live()
+    post(rt, "sms_received", external_number=sender, raw_digits=sender.lstrip("+"))
+    run(rt)
+    [search] = hub.calls("POST", "/crm/v3/objects/contacts/search")
+    assert search[2]["properties"][:2] == ["phone", "mobilephone"]
+    [create] = hub.calls("POST", "/crm/v3/objects/communications")
+    assert create[2]["associations"][0]["to"]["id"] == ids[expected]
+
+
+def test_custom_match_property_is_checked_with_the_typed_phones(live, hub):
+    # Only calculated digits and a custom property are searched: phone is still read to check.
+    uk = hub.add_contact(phone="+442071838750")
+    us = hub.add_contact(work_phone="+12071838750")
+    rt = live(match_properties=["hs_searchable_calculated_phone_number", "work_phone"])
+    post(rt, "sms_received", external_number="+12071838750", raw_digits="12071838750")
+    run(rt)
+    [search] = hub.calls("POST", "/crm/v3/objects/contacts/search")
+    assert search[2]["properties"] == ["phone", "mobilephone", "hs_searchable_calculated_phone_number",
+                                       "work_phone", "createdate", "lastmodifieddate", "associatedcompanyid"]
+    [create] = hub.calls("POST", "/crm/v3/objects/communications")
+    assert create[2]["associations"][0]["to"]["id"] == us != uk
+
+
 @pytest.mark.parametrize("rule,expected", [("oldest", 0), ("newest", 1), ("last_modified", 2)])
 def test_several_matches_follow_the_configured_rule(live, hub, rule, expected):
     ids = [hub.add_contact(phone="+14155550142", created_days=1, modified_days=5),

@@ -8,10 +8,14 @@ Idempotency: ``crm_records`` maps our message id to the communication. Before a 
 an *intent* row (no object id yet) is written; a later attempt that finds an intent
 and no id knows an earlier create may have landed with its answer lost, so it searches
 HubSpot for that communication (by ``hubspot.message_id_property`` when configured,
-else by contact + hs_timestamp + channel) before creating again.
+else by contact + hs_timestamp + channel) before creating again. hs_timestamp has
+Aircall's 1-second precision, so without the property a hit is adopted only if no other
+message maps to it and its body is one this message's creates sent (a digest of each is
+kept in the intent): another text logged in the same second is not taken for ours.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 
 from .. import ratelimit
@@ -162,9 +166,10 @@ class HubSpotWriter:
             req = render(event, ctx, "create", self.mapping(), contact_id=contact.id,
                          company_id=contact.company_id, deal_id=contact.deal_id)
             intent = (rec or {}).get("data", {}).get("intent")
+            body = _digest(req["body"]["properties"].get("hs_communication_body"))
             if intent:
                 try:
-                    existing = self._find_lost_create(event, intent)
+                    existing = self._find_lost_create(event, intent, store, body)
                 except WriteError as exc:
                     results[i] = exc
                     continue
@@ -172,9 +177,12 @@ class HubSpotWriter:
                     rec = self._save(store, event, existing, intent.get("status"), contact)
                     self._plan_update(i, event, rec, results, updates)
                     continue
+            # Earlier creates' bodies too: one may still land in search (a status event retries
+            # the create with another body).
+            bodies = list(dict.fromkeys((intent or {}).get("bodies", []) + [body]))[-5:]
             intents.append(_row(event, None, None, {"intent": {
                 "at": time.time(), "status": event.status, "contact": contact.id,
-                "hs_timestamp": req["body"]["properties"].get("hs_timestamp", "")}}))
+                "hs_timestamp": req["body"]["properties"].get("hs_timestamp", ""), "bodies": bodies}}))
             todo.append((i, req, contact))
         store.save_records(NAME, intents)  # before any create, in one transaction
         for n in range(0, len(todo), self.cfg.batch_size):
@@ -306,24 +314,41 @@ class HubSpotWriter:
                     f"association type in this portal (it has: {have})")
             self._checked_types.add(to_type)
 
-    def _find_lost_create(self, event: MessageEvent, intent: dict) -> str | None:
-        """The communication an earlier, unanswered create made, if it exists."""
+    def _find_lost_create(self, event: MessageEvent, intent: dict, store, body: str) -> str | None:
+        """The communication an earlier, unanswered create made, if it exists. ``body``: the
+        digest of this create's body (for an intent that kept none)."""
         age = time.time() - float(intent.get("at") or 0)
         if age < self.search_lag:  # too early for search to show it: come back later
             raise TransientError("an earlier create of this entry got no answer; checking HubSpot for "
                                  "it once its search has caught up", retry_after=self.search_lag - age)
-        if self.cfg.message_id_property:
+        props = ["hs_timestamp"]
+        if self.cfg.message_id_property:  # exact: the property holds our message id
             filters = [{"propertyName": self.cfg.message_id_property, "operator": "EQ",
                         "value": event.message_id}]
         else:
             filters = [{"propertyName": "associations.contact", "operator": "EQ", "value": intent["contact"]},
                        {"propertyName": "hs_timestamp", "operator": "EQ", "value": intent["hs_timestamp"]},
                        {"propertyName": "hs_communication_channel_type", "operator": "EQ", "value": "SMS"}]
-        body = {"filterGroups": [{"filters": filters}], "properties": ["hs_timestamp"], "sorts": [],
-                "limit": 10, "after": "0"}
-        res = self.api.call(self.api.comm_search.do_search, public_object_search_request=body, search=True)
-        ids = sorted((str(r.id) for r in res.results or []), key=lambda x: (len(x), x))
-        return ids[0] if ids else None
+            props.append("hs_communication_body")
+        search = {"filterGroups": [{"filters": filters}], "properties": props, "sorts": [],
+                  "limit": 100, "after": "0"}
+        res = self.api.call(self.api.comm_search.do_search, public_object_search_request=search, search=True)
+        found = sorted(res.results or [], key=lambda r: (len(str(r.id)), str(r.id)))
+        if self.cfg.message_id_property:
+            return str(found[0].id) if found else None
+        # Another text of this contact in the same second shares the filters: not ours if
+        # another message maps to it, or if its body is not one we sent.
+        taken = store.mapped_object_ids(NAME, [str(r.id) for r in found])
+        ours = set(intent.get("bodies") or [body])
+        for r in found:
+            if str(r.id) not in taken and _digest((r.properties or {}).get("hs_communication_body")) in ours:
+                return str(r.id)
+        return None
+
+
+def _digest(body: str | None) -> str:
+    """What the intent keeps of a body (it can be 64 KB); blind to whitespace changes."""
+    return hashlib.sha256(" ".join((body or "").split()).encode()).hexdigest()[:32]
 
 
 def _row(event: MessageEvent, object_id: str | None, status: str | None, data: dict | None) -> dict:

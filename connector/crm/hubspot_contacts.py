@@ -2,10 +2,13 @@
 
 One search request finds the contacts of one or many numbers: a filterGroup per
 matching property (ORed), EQ for one number, IN for several. ``phone`` and
-``mobilephone`` hold whatever was typed, so they are searched as E.164 and checked
-again here after normalizing; HubSpot's ``hs_searchable_calculated_*`` properties hold
-its own normalized digits without the country code, so "(415) 555-0142",
-"+1 415 555 0142" and "4155550142" are all found by the national digits.
+``mobilephone`` hold whatever was typed, so they are searched as E.164; HubSpot's
+``hs_searchable_calculated_*`` properties hold its own normalized digits without the
+country code, so "(415) 555-0142", "+1 415 555 0142" and "4155550142" are all found by
+the national digits. Those digits are the same for +1 207 183 8750 and +44 20 7183 8750,
+so every hit, even a lone one, is accepted only if one of its typed numbers normalizes
+to the searched E.164 (a number typed without country code is read in the searched
+number's country).
 
 Matches and created contacts are remembered per number in the store's contacts table
 (HubSpot's search lags behind creates). Creating is claimed first with a "creating"
@@ -18,6 +21,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import phonenumbers
+
 from .. import phones
 from ..config import HubSpotConfig
 from .base import PermanentError, TransientError, WriteError
@@ -27,6 +32,8 @@ NAME = "hubspot"
 CONTACT, CREATING, NONE = "contact", "creating", "none"
 SEARCH_CHUNK = 50  # numbers per search request (IN values)
 READ_PROPERTIES = ["createdate", "lastmodifieddate", "associatedcompanyid"]
+TYPED_PROPERTIES = ["phone", "mobilephone"]  # what HubSpot derives its calculated numbers from
+CALCULATED = "hs_searchable_calculated_"
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class Unmatched:
 
 def _search_value(prop: str, number: str) -> str:
     """What a property holds for this number: E.164, or HubSpot's calculated digits."""
-    if prop.startswith("hs_searchable_calculated_"):
+    if prop.startswith(CALCULATED):
         if "international" in prop:
             return phones.digits(number)
         return phones.national_digits(number)
@@ -70,23 +77,34 @@ def search_body(cfg: HubSpotConfig, numbers: list[str], after: str | None = None
             groups.append({"filters": [{"propertyName": prop, "operator": "IN", "values": values}]})
     # "sorts" and "after" are required by HubSpot's published schema for this request.
     return {"filterGroups": groups,
-            "properties": list(dict.fromkeys(cfg.match_properties + READ_PROPERTIES)),
+            "properties": list(dict.fromkeys(TYPED_PROPERTIES + cfg.match_properties + READ_PROPERTIES)),
             "sorts": [], "limit": 100, "after": after or "0"}
 
 
-def _owners(cfg: HubSpotConfig, props: dict, wanted: dict, regions: set) -> set[str]:
-    """Which searched numbers a found contact has (HubSpot ORs the filters of many numbers)."""
-    out: set[str] = set()
-    for prop in cfg.match_properties:
+def numbers_of(cfg: HubSpotConfig, props: dict | None, region: str) -> set[str]:
+    """The E.164 numbers a found contact has, country code included: its typed numbers
+    read in ``region`` when they have none."""
+    out = set()
+    for prop in dict.fromkeys(TYPED_PROPERTIES + cfg.match_properties):
         value = (props or {}).get(prop)
         if not value:
             continue
-        if prop.startswith("hs_searchable_calculated_"):
-            out.update(wanted.get((prop, phones.digits(value)), ()))
-        else:  # typed by a person: normalize as each searched number's country would
-            for region in regions:
-                out.update(wanted.get((prop, phones.to_e164(value, region)), ()))
+        if prop.startswith(CALCULATED):  # national digits say nothing of the country
+            if "international" in prop:
+                out.add("+" + phones.digits(value))
+        elif number := phones.to_e164(value, region):
+            out.add(number)
     return out
+
+
+def _region(number: str) -> str:
+    """The country a number typed without country code is read in for this E.164 number
+    (by its calling code when phonenumbers does not know the number: +44 stays GB)."""
+    try:
+        code = phonenumbers.parse(number, None).country_code
+    except phonenumbers.NumberParseException:
+        return phones.DEFAULT_REGION
+    return phones.region_of(number) or phonenumbers.region_code_for_country_code(code)
 
 
 def _when(obj, attr: str, prop: str) -> float:
@@ -171,22 +189,20 @@ class ContactMatcher:
 
     def _search(self, numbers: list[str]) -> dict[str, list]:
         found: dict[str, list] = {n: [] for n in numbers}
-        wanted: dict[tuple, list] = {}
+        by_region: dict[str, list[str]] = {}
         for n in numbers:
-            for prop in self.cfg.match_properties:
-                wanted.setdefault((prop, _search_value(prop, n)), []).append(n)
-        regions = {phones.region_of(n) or phones.DEFAULT_REGION for n in numbers}
+            by_region.setdefault(_region(n), []).append(n)
         after = None
         while True:
             res = self.api.call(self.api.contacts_search.do_search,
                                 public_object_search_request=search_body(self.cfg, numbers, after),
                                 search=True)
-            for c in res.results or []:
-                if len(numbers) == 1:  # HubSpot matched it on one of our filters
-                    found[numbers[0]].append(c)
-                    continue
-                for n in _owners(self.cfg, c.properties, wanted, regions):
-                    found[n].append(c)
+            for c in res.results or []:  # HubSpot ORs the filters of all numbers and properties
+                for region, wanted in by_region.items():
+                    has = numbers_of(self.cfg, c.properties, region)
+                    for n in wanted:
+                        if n in has:
+                            found[n].append(c)
             nxt = getattr(getattr(res, "paging", None), "next", None)
             after = getattr(nxt, "after", None)
             if not after:
