@@ -52,3 +52,20 @@ def body_of(call) -> dict:
 
 def calls_to(rsps, method: str, fragment: str) -> list:
     return [c for c in rsps.calls if c.request.method == method and fragment in c.request.url]
+
+
+def not_updateable(fields: list[str]) -> list[dict]:
+    """Salesforce's answer to an update that sets create-only fields (TaskSubtype)."""
+    return [{"message": f"Unable to create/update fields: {', '.join(fields)}. Please check the security "
+             "settings of this field and verify that it is read/write for your profile or permission set.",
+             "errorCode": "INVALID_FIELD_FOR_INSERT_UPDATE", "fields": fields}]
+
+
+def existing_record(record_id: str, create_only: tuple[str, ...] = ("TaskSubtype",)):
+    """An upsert callback for a record that exists: create-only fields are refused."""
+    def answer(request):
+        refused = [f for f in create_only if f in json.loads(request.body)]
+        if refused:
+            return 400, {}, json.dumps(not_updateable(refused))
+        return 200, {}, json.dumps({"id": record_id, "success": True, "errors": [], "created": False})
+    return answer
