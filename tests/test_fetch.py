@@ -7,7 +7,6 @@ import time
 import pytest
 from werkzeug import Response
 
-from connector import fetch as fetch_mod
 from connector.config import ConfigError, load_config
 from connector.fetch import FetchError, FetchPolicy, check_url, fetch
 
@@ -89,14 +88,6 @@ def test_redirects_are_followed_up_to_the_limit(httpserver):
     with pytest.raises(FetchError, match="more than 1 redirects") as exc:
         fetch(httpserver.url_for("/r1"), FetchPolicy(**{**LOCAL.__dict__, "max_redirects": 1}))
     assert exc.value.kind == "refused"
-
-
-def test_dns_rebinding_is_caught_at_the_socket(httpserver, monkeypatch):
-    # The lookup says "public", the connection lands on loopback: refused before reading.
-    httpserver.expect_request("/a").respond_with_data(b"secret")
-    monkeypatch.setattr(fetch_mod, "_resolve", lambda host, port: [ipaddress.ip_address("93.184.216.34")])
-    with pytest.raises(FetchError, match="connected to a non-public address"):
-        fetch(f"http://localhost:{httpserver.port}/a", HTTP_ONLY)
 
 
 def test_size_cap_from_content_length(httpserver):
