@@ -38,6 +38,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.connection import create_connection
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)
+HEAD_BYTES = 4096  # kept of a file over the size cap: its type shows in the first bytes
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -45,10 +46,12 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class FetchError(Exception):
     """A URL could not be fetched; ``kind`` says why, ``status`` for http_error."""
 
-    def __init__(self, kind: str, message: str, *, url: str = "", status: int | None = None):
+    def __init__(self, kind: str, message: str, *, url: str = "", status: int | None = None,
+                 head: bytes = b""):
         self.kind = kind
         self.url = url
         self.status = status
+        self.head = head  # too_large: the file's first bytes, enough to tell its type
         super().__init__(message)
 
 
@@ -325,14 +328,20 @@ def _timed_out(exc: BaseException) -> bool:
 def _read_capped(resp: urllib3.BaseHTTPResponse, url: str, cap: int, deadline: _Deadline) -> bytes:
     declared = resp.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > cap:
-        raise FetchError("too_large", f"{_safe(url)} is {int(declared)} bytes, more than {cap}", url=url)
+        try:  # its first bytes still say what it is (the rules' limit depends on the type)
+            head = resp.read(HEAD_BYTES)
+        except (urllib3.exceptions.HTTPError, OSError):
+            head = b""
+        raise FetchError("too_large", f"{_safe(url)} is {int(declared)} bytes, more than {cap}", url=url,
+                         head=head)
     chunks: list[bytes] = []
     total = 0
     try:
         while chunk := resp.read(min(64 * 1024, cap - total + 1)):
             total += len(chunk)
             if total > cap:
-                raise FetchError("too_large", f"{_safe(url)} is more than {cap} bytes", url=url)
+                head = (chunks[0] if chunks else chunk)[:HEAD_BYTES]
+                raise FetchError("too_large", f"{_safe(url)} is more than {cap} bytes", url=url, head=head)
             chunks.append(chunk)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         if deadline.passed():

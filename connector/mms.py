@@ -79,6 +79,8 @@ class Attachment:
     content: bytes | None = None
     load_error: str = ""  # why it could not be loaded (detail for the operator)
     too_large: bool = False  # loading stopped at the size cap
+    head: bytes = b""  # when too large: its first bytes, which tell its type
+    cap: int = 0  # when too large: the cap it passed
     flaky: bool = False  # the failure may pass: timeout, network, HTTP 5xx or 429
 
 
@@ -125,7 +127,8 @@ def load(sources: list[str], profile: CarrierProfile, policy: FetchPolicy,
     URLs are fetched in parallel: a request waits for the slowest file, not for the sum."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cap = max(profile.image_max_bytes, profile.pdf_max_bytes)
+    # The largest file the rules allow, and never more than fetch.max_bytes.
+    cap = min(max(profile.image_max_bytes, profile.pdf_max_bytes), policy.max_bytes)
     out = [Attachment(source=src) for src in sources]
     wanted = out[:profile.max_files]  # the rest is removed for the count anyway: not fetched
     urls = []
@@ -145,6 +148,7 @@ def _fetch_into(att: Attachment, policy: FetchPolicy, cap: int) -> None:
         att.content = fetch(att.source, policy, max_bytes=cap).content
     except FetchError as exc:
         att.too_large = exc.kind == "too_large"
+        att.head, att.cap = exc.head, cap
         att.flaky = exc.kind in ("timeout", "network") or (
             exc.kind == "http_error" and (exc.status or 500) >= 500 or exc.status == 429)
         att.load_error = f"{exc.kind}: {exc}"
@@ -158,7 +162,7 @@ def _read_file(att: Attachment, cap: int) -> None:
         att.load_error = f"cannot read {att.source}: {exc.strerror or exc}"
         return
     if len(data) > cap:
-        att.too_large = True
+        att.too_large, att.head, att.cap = True, data[:4096], cap
         att.load_error = f"too_large: {att.source} is more than {cap} bytes"
     else:
         att.content = data
@@ -168,8 +172,19 @@ def check_attachment(i: int, att: Attachment, profile: CarrierProfile) -> Attach
     """Format and per-file size of one loaded attachment (not count or total)."""
     if att.content is None:
         if att.too_large:
-            limit = format_limit(max(profile.image_max_bytes, profile.pdf_max_bytes))
-            return AttachmentCheck(i, att.source, False, error=FILE_TOO_LARGE.format(limit=limit),
+            # Judged by its first bytes: a 6 MB PDF is told the PDF limit, a video the formats.
+            detected = detect_type(att.head)
+            fmt = next((f for f, mime in MIME.items() if detected == mime), None)
+            if att.head and (fmt is None or fmt not in profile.formats):
+                return AttachmentCheck(i, att.source, False, format=fmt, error=format_error(profile.formats),
+                                       detail=f"content is {detected or 'unrecognized content'}")
+            if fmt is None:  # nothing read to judge by: the largest limit
+                limit = max(profile.image_max_bytes, profile.pdf_max_bytes)
+            else:
+                limit = profile.pdf_max_bytes if fmt == "pdf" else profile.image_max_bytes
+            limit = min(limit, att.cap or limit)  # fetch.max_bytes may be lower
+            return AttachmentCheck(i, att.source, False, format=fmt,
+                                   error=FILE_TOO_LARGE.format(limit=format_limit(limit)),
                                    detail=att.load_error)
         return AttachmentCheck(i, att.source, False, error=UNKNOWN, detail=att.load_error or None)
     size = len(att.content)

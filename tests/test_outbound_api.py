@@ -193,3 +193,23 @@ def test_an_animated_png_is_a_png(oclient, ort, httpserver):
     r = post(oclient, {"from": LINE, "to": TO, "media": [url], "policy": "strict"})
     assert r.status_code == 202, r.json
     assert r.json["validation"]["attachments"][0]["format"] == "png"
+
+
+@pytest.mark.parametrize("kind,size,error", [
+    ("pdf", 6 * MB, "Your file size exceeds the limit of 600 KB. Please reduce the file size and try again"),
+    ("mp4", 6 * MB, "Only pdf, jpg, jpeg, png, or gif files are allowed for MMS"),
+    ("jpg", 6 * MB, "Your file size exceeds the limit of 5 MB. Please reduce the file size and try again"),
+])
+def test_a_file_past_every_limit_is_told_the_rule_for_its_type(oclient, ort, httpserver, kind, size, error):
+    url = serve_media(httpserver, f"big.{kind}", kind, size)
+    r = post(oclient, {"from": LINE, "to": TO, "media": [url], "policy": "strict"})
+    assert r.status_code == 422 and r.json["errors"] == [error]
+
+
+def test_fetch_max_bytes_caps_what_is_fetched_for_sending(ort, httpserver):
+    from connector.web import create_app
+    rt = ort.make(fetch={"allow_http": True, "allow_networks": ["127.0.0.0/8"], "max_bytes": 1 * MB})
+    url = serve_media(httpserver, "photo.jpg", "jpg", 4 * MB)
+    r = post(create_app(rt.config, rt).test_client(), {"from": LINE, "to": TO, "media": [url], "policy": "strict"})
+    assert r.status_code == 422
+    assert r.json["errors"] == ["Your file size exceeds the limit of 1 MB. Please reduce the file size and try again"]
