@@ -2,8 +2,6 @@
 no-external-id fallback, and the batch path (sObject Collections)."""
 from __future__ import annotations
 
-import copy
-import json
 import time
 
 import jwt

@@ -10,7 +10,8 @@ import responses
 
 from conftest import ROOT, aircall_payload
 from connector.crm.base import Outcome, PermanentError, TransientError
-from connector.crm.salesforce import INTENT_SLACK_SECONDS, render
+from connector.crm.salesforce import render
+from connector.crm.salesforce_recovery import INTENT_SLACK_SECONDS
 from connector.providers import aircall
 from connector.store import DEAD, DELIVERED
 from sf_fake import (API, add_login, add_search, body_of, calls_to, contact, existing_record,

@@ -5,22 +5,14 @@ writer all use it, so what an admin previews is what Salesforce receives. The ba
 (``deliver_many``) sends the same record bodies inside one sObject Collections request.
 
 Idempotency: with ``salesforce.external_id_field`` set, every write is an upsert keyed by
-the message id, so a retry or redelivery can only touch the same record; a retried create
-that Salesforce refuses because the record exists (create-only TaskSubtype) is sent as
-that record's update. Without an external id the store's crm_records map holds message
-id -> record id, and an "intent" row (a digest of the create body) is written before each
-create: a later event that finds an intent but no id looks for the record that create
-may have made (same link, same field values, created since the intent) and updates it
-when the event has moved on (a status came first).
+the message id, so a retry or redelivery can only touch the same record. Without it the
+store's crm_records map holds message id -> record id, and an "intent" row is written
+before each create. Recovering from a create whose answer was lost, either way:
+salesforce_recovery.py.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from datetime import datetime, timezone
-
-from simple_salesforce.format import format_external_id, format_soql
+from simple_salesforce.format import format_external_id
 
 from .. import ratelimit
 from ..events import MessageEvent, status_advances
@@ -29,18 +21,14 @@ from .base import (DeliveryContext, Outcome, RateLimited, TransientError,
                    WriteError, entry_kind, template_context)
 from .salesforce_client import Refused, SalesforceClient, describe_errors, error_codes, record_error
 from .salesforce_files import SalesforceFiles
-from .salesforce_match import Link, Matcher, Skip, forget
+from .salesforce_match import Link, Matcher, Skip, forget, link_field
+from .salesforce_recovery import INTENT_KEYS, Recovery
 
 NAME = "salesforce"
 WHO_PLACEHOLDER = "{who_id}"
 TRUNCATED = "… [truncated]"
 # WhoId points at a record that was deleted or merged since we remembered it.
 STALE_LINK_CODES = {"INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED"}
-INTENT_SLACK_SECONDS = 120  # clock skew allowance when looking for a record an intent made
-INTENT_KEYS = {"intent_at", "sent"}  # crm_records data of a create whose answer is owed
-# An upsert setting a field that cannot be updated (TaskSubtype, a master-detail field of a
-# custom object) on a record that already exists.
-NOT_UPDATEABLE = "INVALID_FIELD_FOR_INSERT_UPDATE"
 
 
 # -- rendering ----------------------------------------------------------------------
@@ -61,16 +49,6 @@ def truncate(value: str, limit: int) -> str:
 def fit_limits(fields: dict, limits: dict[str, int]) -> dict:
     return {k: truncate(v, limits[k]) if isinstance(v, str) and k in limits else v
             for k, v in fields.items()}
-
-
-def link_field(mapping: Mapping, record_type: str = "Contact") -> str:
-    """The lookup field that ties the record to a Contact/Lead (WhoId) or an Account (WhatId)."""
-    who = mapping.options.get("who_field", "WhoId")
-    if isinstance(who, dict):
-        return str(who.get(record_type) or "")
-    if record_type == "Account":
-        return str(mapping.options.get("what_field", "WhatId") or "")
-    return str(who or "")
 
 
 def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: Mapping,
@@ -102,7 +80,7 @@ def _rest_path(path: str, api_version: str) -> str:
 
 
 # -- the live writer ----------------------------------------------------------------
-class SalesforceWriter:
+class SalesforceWriter(Recovery):
     name = NAME
 
     def __init__(self, config, mapping: Mapping, client: SalesforceClient | None = None):
@@ -200,83 +178,6 @@ class SalesforceWriter:
             forget(ctx.store, event.external)
             raise TransientError(f"{link.record_type} {link.record_id} is no longer usable "
                                  f"({detail}); matching {event.external} again")
-
-    # Fallback idempotency without an external id field ----------------------------
-    def _sent_fields(self, req, link: Link | None) -> dict:
-        """The create body but its link field (the recovery query filters on the link)."""
-        field = link_field(self.mapping, link.record_type) if link else ""
-        return {k: v for k, v in req["body"].items() if k != field}
-
-    @staticmethod
-    def _digest(fields: dict) -> str:
-        # Salesforce stores textarea line breaks as \r\n: compare whitespace-insensitively.
-        norm = {k: " ".join(str(v).split()) if v is not None else "" for k, v in fields.items()}
-        return hashlib.sha256(json.dumps(norm, sort_keys=True).encode()).hexdigest()
-
-    def _write_intent(self, event, ctx, req, link: Link | None) -> None:
-        # What this create sends, so a later event of the message finds the record it made.
-        body = self._sent_fields(req, link)
-        sent = {"fields": list(body), "digest": self._digest(body), "status": event.status}
-        ctx.store.save_record(NAME, event.message_id, object_type=self.sobject, object_id=None,
-                              status=None, data={"intent_at": time.time(), "sent": sent})
-
-    def _recover_intent(self, event, ctx, rec, req, link: Link) -> str | None:
-        """After a create whose outcome was lost: the record it made, if Salesforce has it."""
-        data = (rec or {}).get("data") or {}
-        field = link_field(self.mapping, link.record_type)
-        if not data.get("intent_at") or not field:
-            return None
-        body = self._sent_fields(req, link)
-        # Match what the lost create sent, not this event: a status may have come since.
-        sent = data.get("sent") or {"fields": list(body), "digest": self._digest(body)}
-        since = datetime.fromtimestamp(data["intent_at"] - INTENT_SLACK_SECONDS, tz=timezone.utc)
-        soql = format_soql(
-            "SELECT Id, {:literal} FROM {:literal} WHERE {:literal} = {} AND CreatedDate >= {:literal} "
-            "ORDER BY CreatedDate, Id LIMIT 50",
-            ", ".join(sent["fields"]) or "Id", self.sobject, field, link.record_id,
-            since.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        found = (self.client.call("query/", params={"q": soql}) or {}).get("records", [])
-        taken = ctx.store.mapped_object_ids(NAME, [r["Id"] for r in found])
-        for r in found:
-            if r["Id"] not in taken and self._digest({k: r.get(k) for k in sent["fields"]}) == sent["digest"]:
-                return r["Id"]
-        return None
-
-    def _recovered(self, event, ctx, req, found: str, link: Link, rec) -> Outcome:
-        """The lost create's record was found; bring it up to this event."""
-        sent = ((rec or {}).get("data") or {}).get("sent") or {}
-        if sent.get("digest") in (None, self._digest(self._sent_fields(req, link))):
-            return self._done(event, ctx, req, "create", found, link, rec, recovered=True)
-        if not status_advances(sent.get("status"), event.status):  # it shows a later status
-            return self._done(event, ctx, req, "create", found, link, rec,
-                              status=sent["status"], recovered=True)
-        upd = self._render(event, ctx, "update", {"object_id": found}, None)
-        self._send(upd)
-        return self._done(event, ctx, upd, "update", found, link, rec, recovered=True)
-
-    # An upsert refused for fields an update cannot set ---------------------------
-    def _upsert_refused(self, operation: str, codes: set[str]) -> bool:
-        return bool(self.cfg.external_id_field) and operation == "create" and NOT_UPDATEABLE in codes
-
-    def _made_earlier(self, event, operation, codes: set[str]) -> str | None:
-        """The Id of the record a refused create upsert found (a lost answer's create made it).
-
-        The event is then sent as that record's update: the mapping's status entry, fields an
-        update may set. That needs no list of create-only fields, so it holds for a custom
-        object (a master-detail field) too; a create refused while no record exists stays
-        refused rather than being sent without the field."""
-        if not self._upsert_refused(operation, codes):
-            return None
-        return self._existing([event.message_id]).get(event.message_id)
-
-    def _existing(self, message_ids: list[str]) -> dict[str, str]:
-        """Message id -> Id of the records that already carry these external ids."""
-        ext = self.cfg.external_id_field
-        soql = format_soql("SELECT Id, {:literal} FROM {:literal} WHERE {:literal} IN {}",
-                           ext, self.sobject, ext, message_ids)
-        found = (self.client.call("query/", params={"q": soql}) or {}).get("records", [])
-        # Salesforce spells the field as defined, whatever case the config used.
-        return {str(v): r["Id"] for r in found for k, v in r.items() if k.lower() == ext.lower()}
 
     # A burst ------------------------------------------------------------------------
     def deliver_many(self, items: list[tuple[MessageEvent, DeliveryContext]]) -> list:
@@ -389,28 +290,6 @@ class SalesforceWriter:
                     refused.append((i, rec, link))
         if refused:
             self._update_existing(items, method, path, refused, results)
-
-    def _update_existing(self, items, method, path, refused, results) -> None:
-        """``_made_earlier`` for a chunk: one query, then one call with the updates."""
-        try:
-            existing = self._existing([items[i][0].message_id for i, _, _ in refused])
-        except WriteError as exc:
-            for i, *_ in refused:
-                results[i] = exc
-            return
-        again = []
-        for i, rec, link in refused:
-            event, ctx = items[i]
-            object_id = existing.get(event.message_id)
-            if object_id:  # otherwise the refusal stands
-                rec = {**(rec or {}), "object_id": object_id}
-                req = self._guard(self._render, event, ctx, "update", rec, link)
-                if isinstance(req, Exception):
-                    results[i] = req
-                else:
-                    again.append((i, "update", rec, link, req))
-        if again:
-            self._write_chunk(items, method, path, again, results, recovered=True)
 
 
 def build_writer(config, mapping: Mapping) -> SalesforceWriter:

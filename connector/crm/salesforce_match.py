@@ -295,3 +295,13 @@ class Matcher:
             if n is not None and n not in out:
                 out[n] = rec["Id"]
         return out
+
+
+def link_field(mapping, record_type: str = "Contact") -> str:
+    """The lookup field that ties the record to a Contact/Lead (WhoId) or an Account (WhatId)."""
+    who = mapping.options.get("who_field", "WhoId")
+    if isinstance(who, dict):
+        return str(who.get(record_type) or "")
+    if record_type == "Account":
+        return str(mapping.options.get("what_field", "WhatId") or "")
+    return str(who or "")
