@@ -103,7 +103,7 @@ def build_context(event: MessageEvent, media: list[MediaView], *, download_all_l
             "international": phones.international(event.external),
             "country": phones.region_of(event.external) or "",
         },
-        "record": record or {"id": None, "type": None},
+        "record": record or {"id": "", "type": ""},
         "media": [asdict(m) | {"is_image": m.is_image} for m in media],
         "media_count": len(media),
         "previews": [asdict(m) | {"is_image": m.is_image} for m in previews],

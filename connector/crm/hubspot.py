@@ -20,9 +20,9 @@ import time
 
 from .. import ratelimit
 from ..events import MessageEvent, status_advances
-from ..mapping import Mapping, current
+from ..mapping import Mapping, MappingError, current
 from .base import (DeliveryContext, Outcome, PermanentError, TransientError, WriteError, entry_kind,
-                   template_context)
+                   template_context, unrenderable)
 from .hubspot_api import Ambiguous, HubSpotApi, errors_by_key
 from .hubspot_contacts import Contact, ContactMatcher, Unmatched
 from .hubspot_files import HubSpotFiles
@@ -49,7 +49,9 @@ def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: M
     """The request HubSpot receives for this event (create or update)."""
     mapping = current(mapping)  # one snapshot of a live mapping for the whole request
     cfg = ctx.config.hubspot
-    props = mapping.render(entry_kind(event, operation), template_context(event, ctx))
+    # record.*: the contact a create is logged on (an update's is not looked up).
+    record = {"id": contact_id, "type": "contact"} if operation == "create" else None
+    props = mapping.render(entry_kind(event, operation), template_context(event, ctx, record))
     props = {k: ("" if v is None else str(v)) for k, v in props.items()}
     if operation == "update":
         return {"method": "PATCH", "path": f"/crm/v3/objects/communications/{object_id}",
@@ -163,8 +165,12 @@ class HubSpotWriter:
         todo, intents = [], []
         for i, rec, contact in ready:
             event, ctx = items[i]
-            req = render(event, ctx, "create", self.mapping(), contact_id=contact.id,
-                         company_id=contact.company_id, deal_id=contact.deal_id)
+            try:
+                req = render(event, ctx, "create", self.mapping(), contact_id=contact.id,
+                             company_id=contact.company_id, deal_id=contact.deal_id)
+            except MappingError as exc:
+                results[i] = unrenderable(exc)
+                continue
             intent = (rec or {}).get("data", {}).get("intent")
             body = _digest(req["body"]["properties"].get("hs_communication_body"))
             if intent:
@@ -245,9 +251,15 @@ class HubSpotWriter:
 
     def _updates(self, items, updates, results) -> None:
         for n in range(0, len(updates), self.cfg.batch_size):
-            chunk = updates[n:n + self.cfg.batch_size]
-            reqs = [(i, rec, render(items[i][0], items[i][1], "update", self.mapping(),
-                                    object_id=rec["object_id"])) for i, rec in chunk]
+            reqs = []
+            for i, rec in updates[n:n + self.cfg.batch_size]:
+                try:
+                    reqs.append((i, rec, render(items[i][0], items[i][1], "update", self.mapping(),
+                                                object_id=rec["object_id"])))
+                except MappingError as exc:
+                    results[i] = unrenderable(exc)
+            if not reqs:
+                continue
             try:
                 if len(reqs) == 1:
                     i, rec, req = reqs[0]

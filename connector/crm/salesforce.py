@@ -16,9 +16,9 @@ from simple_salesforce.format import format_external_id
 
 from .. import ratelimit
 from ..events import MessageEvent, status_advances
-from ..mapping import Mapping, current
+from ..mapping import Mapping, MappingError, current
 from .base import (DeliveryContext, Outcome, RateLimited, TransientError,
-                   WriteError, entry_kind, template_context)
+                   WriteError, entry_kind, template_context, unrenderable)
 from .salesforce_client import Refused, SalesforceClient, describe_errors, error_codes, record_error
 from .salesforce_files import SalesforceFiles
 from .salesforce_match import Link, Matcher, Skip, forget, link_field
@@ -58,7 +58,9 @@ def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: M
     mapping = current(mapping)  # one snapshot of a live mapping for the whole request
     cfg = ctx.config.salesforce
     sobject = mapping.object or "Task"
-    fields = fit_limits(mapping.render(entry_kind(event, operation), template_context(event, ctx)),
+    # record.*: the Contact/Lead/Account a create is linked to (an update's is not looked up).
+    record = {"id": who_id, "type": record_type} if operation == "create" else None
+    fields = fit_limits(mapping.render(entry_kind(event, operation), template_context(event, ctx, record)),
                         {**mapping.limits, **cfg.field_limits})  # config overrides the mapping's lengths
     if operation == "create":
         field = link_field(mapping, record_type)
@@ -227,6 +229,8 @@ class SalesforceWriter(Recovery):
             return fn(*args)
         except WriteError as exc:
             return exc
+        except MappingError as exc:
+            return unrenderable(exc)
 
     def _write_collections(self, items, ready, results) -> None:
         ext = self.cfg.external_id_field

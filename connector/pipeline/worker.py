@@ -16,7 +16,8 @@ from typing import Callable
 from tenacity import RetryCallState, wait_exponential, wait_random
 
 from ..config import Config
-from ..crm.base import DeliveryContext, Outcome, PermanentError, RateLimited, TransientError, Writer
+from ..crm.base import DeliveryContext, Outcome, PermanentError, RateLimited, TransientError, Writer, unrenderable
+from ..mapping import MappingError
 from ..providers import PARSERS
 from ..providers.aircall import Ignored, PayloadError
 from ..render import default_media_views
@@ -182,6 +183,8 @@ class Pipeline:
             return self._count(d, result.state)
         exc = result if isinstance(result, BaseException) else TransientError(
             f"{d.target} writer returned {result!r} instead of an outcome")
+        if isinstance(exc, MappingError):
+            exc = unrenderable(exc)
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else cfg.backoff_initial
             finish(d, RETRYING, error=f"rate limited: {exc}", next_at=time.time() + wait,
