@@ -297,3 +297,17 @@ def test_preview_command_prints_the_request_live_mode_sends(live, hub, tmp_path)
     assert shown["body"]["associations"][0]["to"]["id"] == "{contact_id}"
     shown["body"]["associations"][0]["to"]["id"] = cid
     assert shown["body"] == create[2]
+
+
+def test_a_message_seen_in_dry_run_gets_its_entry_once_live(make_runtime, hub, live):
+    hub.add_contact(phone="+1 302 306 3029", firstname="Dana")
+    dry = make_runtime(salesforce={"mode": "off"})  # hubspot in dry-run, the default
+    post(dry, "message_sent")
+    run(dry)
+    rt = live()  # the admin switches hubspot.mode to live, same store
+    post(rt, "status_delivered")
+    run(rt)
+    [delivered] = [s for s in state(rt, "abcdSMc6Dc8ea2bc71ab19102c3de4f60ba18aa") if s["state"] == "delivered"]
+    assert delivered["result"]["operation"] == "create"  # not an update of the dry-run placeholder
+    [comm] = hub.comms.values()
+    assert "Delivered" in comm.properties["hs_communication_body"]

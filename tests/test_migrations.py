@@ -73,3 +73,19 @@ def test_db_upgrade_on_an_empty_postgresql_schema(tmp_path, pg_url):
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     engine.dispose()
+
+
+def test_dry_run_records_of_earlier_versions_move_apart_from_live_ones(tmp_path):
+    from sqlalchemy import select
+
+    from connector.store import crm_records
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = make_engine(url)
+    migrations.upgrade(engine, "6a98bd146ee3")  # before dry-run records had their own key
+    old = Store(url)
+    old.save_record("hubspot", "m1", object_type="communications", object_id="dry-run-m1", status="sent")
+    old.save_record("salesforce", "m1", object_type="Task", object_id="00T000000000001AAA", status="sent")
+    migrations.upgrade(engine)
+    with engine.connect() as conn:
+        rows = sorted((r.target, r.object_id) for r in conn.execute(select(crm_records)))
+    assert rows == [("hubspot:dry-run", "dry-run-m1"), ("salesforce", "00T000000000001AAA")]

@@ -104,7 +104,7 @@ def test_replay_never_makes_a_second_entry(setup):
     _post(client, "mms_received")
     _run_all(rt)  # dry-run writer records the entry
     d = rt.store.list_events()[0]["targets"]["hubspot"]
-    rec_before = rt.store.get_record("hubspot", "abdcSM77mms0001")
+    rec_before = rt.store.get_record("hubspot:dry-run", "abdcSM77mms0001")
     # Force it into the dead letters as if the last outcome had failed, then replay.
     with rt.store.engine.begin() as conn:
         from connector.store import deliveries
@@ -115,7 +115,7 @@ def test_replay_never_makes_a_second_entry(setup):
     after = rt.store.get_delivery(d["delivery_id"])
     assert after["state"] == "dry-run"
     assert after["result"] == {"unchanged": "entry already shows status received"}
-    assert rt.store.get_record("hubspot", "abdcSM77mms0001")["object_id"] == rec_before["object_id"]
+    assert rt.store.get_record("hubspot:dry-run", "abdcSM77mms0001")["object_id"] == rec_before["object_id"]
 
 
 def test_replay_usage_errors(setup):

@@ -74,7 +74,7 @@ def test_one_entry_per_message_and_status_moves_forward_only(runtime):
     late = by_event["message.status_updated:sent"]["hubspot"]
     assert late["rendered"] is None
     assert late["result"] == {"unchanged": "entry already shows status delivered"}
-    rec = runtime.store.get_record("hubspot", "abcdSMc6Dc8ea2bc71ab19102c3de4f60ba18aa")
+    rec = runtime.store.get_record("hubspot:dry-run", "abcdSMc6Dc8ea2bc71ab19102c3de4f60ba18aa")
     assert rec["status"] == "delivered"
 
 

@@ -121,22 +121,27 @@ Renderer = Callable[[MessageEvent, DeliveryContext, str, Mapping], dict]
 
 
 class DryRunWriter:
-    """Renders exactly what the live writer would send and records it instead."""
+    """Renders exactly what the live writer would send and records it instead.
+
+    Its entries are kept apart from the live writer's (``<crm>:dry-run`` in crm_records):
+    after a switch to live, a message seen in dry-run has no CRM entry yet, and the live
+    writer must create one rather than update a placeholder."""
 
     def __init__(self, name: str, object_type: str, renderer: Renderer, mapping: Callable[[], Mapping]):
         self.name = name
+        self.key = f"{name}:dry-run"
         self.object_type = object_type
         self.renderer = renderer
         self.mapping = mapping
 
     def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome:
-        rec = ctx.store.get_record(self.name, event.message_id)
+        rec = ctx.store.get_record(self.key, event.message_id)
         if rec and not status_advances(rec["status"], event.status):
             return Outcome("dry-run", rendered=None,
                            result={"unchanged": f"entry already shows status {rec['status']}"})
         operation = "update" if rec else "create"
         entry = self.renderer(event, ctx, operation, self.mapping())
-        ctx.store.save_record(self.name, event.message_id, object_type=self.object_type,
+        ctx.store.save_record(self.key, event.message_id, object_type=self.object_type,
                               object_id=(rec or {}).get("object_id") or f"dry-run-{event.message_id}",
                               status=event.status)
         return Outcome("dry-run", rendered=entry, result={"operation": operation})
