@@ -298,3 +298,17 @@ def test_salesforce_link_that_fails_is_retried_alone_without_uploading_again(sf_
                        "LinkedEntityId": "00TTASK00000000001", "ShareType": "V", "Visibility": "InternalUsers"}]
     # Already linked (a lost answer the first time) counts as linked.
     assert [r[4] for r in kept(rt)] == ["00TTASK00000000001", "00TTASK00000000001"]
+
+
+def test_a_long_non_latin_file_name_is_uploaded_under_a_name_the_disk_takes(hub_rt, provider):
+    hub, make = hub_rt
+    rt = make()
+    payload = aircall_payload("message_sent")
+    payload["data"]["media_details"] = [{"file_name": "写" * 90 + ".png", "file_type": "image/png",
+                                         "presigned_url": f"http://localhost:{provider.port}/m/front.png"}]
+    post(rt, payload)
+    rt.worker().run_once()
+    assert delivery_states(rt) == [DELIVERED]
+    [(_m, _p, body)] = uploads(hub)
+    name = body["file"][0]
+    assert name == "写" * 66 + ".png" and len(name.encode()) <= 255  # 198 bytes of the stem

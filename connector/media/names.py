@@ -8,6 +8,8 @@ import unicodedata
 EXTENSIONS = {"image/png": (".png",), "image/jpeg": (".jpg", ".jpeg", ".jpe"),
               "image/gif": (".gif",), "application/pdf": (".pdf",)}
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]+')
+# File systems allow 255 bytes per name; leave room for " (12)" and the extension.
+STEM_BYTES = 200
 
 
 def safe_filename(name: str, position: int, media_type: str | None) -> str:
@@ -21,7 +23,9 @@ def safe_filename(name: str, position: int, media_type: str | None) -> str:
     stem, dot, ext = name.rpartition(".")
     if not dot:
         stem, ext = name, ""
-    stem = stem[:100] or f"attachment-{position}"
+    # Cut by UTF-8 bytes, not characters (90 CJK characters are 270 bytes), never inside
+    # a character.
+    stem = stem.encode("utf-8")[:STEM_BYTES].decode("utf-8", "ignore") or f"attachment-{position}"
     ext = "." + ext.lower() if ext else ""
     wanted = EXTENSIONS.get(media_type or "")
     if wanted and ext not in wanted:
