@@ -312,3 +312,31 @@ def test_a_long_non_latin_file_name_is_uploaded_under_a_name_the_disk_takes(hub_
     [(_m, _p, body)] = uploads(hub)
     name = body["file"][0]
     assert name == "写" * 66 + ".png" and len(name.encode()) <= 255  # 198 bytes of the stem
+
+
+def test_salesforce_document_read_back_that_fails_never_uploads_the_file_again(sf_rt, rsps, provider):
+    rt = sf_rt()
+    add_login(rsps)
+    add_search(rsps, [contact("003C", "+1 302 306 3029")])
+    for n in (1, 2):
+        rsps.add(responses.POST, f"{API}/sobjects/ContentVersion/", status=201,
+                 json={"id": f"068VERSION{n:08d}", "success": True, "errors": []})
+    for _ in range(rt.config.salesforce.call_retries):  # the read-back hits a Salesforce hiccup
+        rsps.add(responses.GET, f"{API}/query/", status=503,
+                 json=[{"errorCode": "SERVER_UNAVAILABLE", "message": "busy"}])
+    for n in (1, 2):
+        rsps.add(responses.GET, f"{API}/query/",
+                 json={"totalSize": 1, "done": True, "records": [{"ContentDocumentId": f"069DOCUMENT{n:07d}"}]})
+    rsps.add(responses.PATCH, UPSERT, status=201, json={"id": "00TTASK00000000001", "success": True})
+    rsps.add(responses.POST, f"{API}/composite/sobjects", json=[{"id": "06AL1", **OK}, {"id": "06AL2", **OK}])
+    post(rt, with_media(provider, "message_sent"))
+    rt.worker().run_once()
+    assert delivery_states(rt) == [RETRYING]
+    assert kept(rt) == [("salesforce", 0, "068VERSION00000001", None, None)]  # kept before the read-back
+
+    due_now(rt)
+    rt.worker().run_once()
+    assert delivery_states(rt) == [DELIVERED]
+    assert len(calls_to(rsps, "POST", "/sobjects/ContentVersion/")) == 2  # one per attachment
+    assert [(r[2], r[3]) for r in kept(rt)] == [("068VERSION00000001", "069DOCUMENT0000001"),
+                                               ("068VERSION00000002", "069DOCUMENT0000002")]

@@ -30,6 +30,8 @@ class SalesforceFiles:
         self.visibility = visibility
 
     def upload(self, name: str, media_type: str, data: bytes) -> CrmFile:
+        """The ContentVersion, without its document yet (``complete`` reads it): the caller
+        keeps the version first, so a failed read-back never uploads the file again."""
         # A create is not repeated after an ambiguous failure (salesforce_client): at worst
         # the retried delivery leaves one unlinked copy in the integration user's library.
         answer = self.client.call("sobjects/ContentVersion/", method="POST", json={
@@ -38,6 +40,10 @@ class SalesforceFiles:
         version_id = str(answer.get("id") or "")
         if not SF_ID.match(version_id):
             raise TransientError(f"Salesforce created no ContentVersion for {name}: {answer!r:.200}")
+        return CrmFile(file_id=version_id, url="")
+
+    def complete(self, version_id: str) -> CrmFile:
+        """The version's ContentDocument, and the link to it."""
         rows = (self.client.call("query/", params={
             "q": f"SELECT ContentDocumentId FROM ContentVersion WHERE Id = '{version_id}'"}) or {}).get("records")
         document_id = str((rows or [{}])[0].get("ContentDocumentId") or "")

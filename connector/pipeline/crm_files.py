@@ -51,6 +51,8 @@ class CrmFiles:
                 row = self._save(target, message_id, a.index, files.upload(a.name, a.media_type, data))
                 log.info("%s: attachment %s of message %s uploaded as file %s",
                          target, a.index + 1, message_id, row["file_id"])
+            if row is not None and not row["url"]:  # uploaded; its link still to be read
+                row = self._complete(row, files.complete(row["file_id"]))
             if row is not None:
                 view.link, view.available, view.reason = row["url"], True, ""
         return views, download_all
@@ -83,6 +85,12 @@ class CrmFiles:
             found = conn.execute(select(crm_files).where(crm_files.c.target == target,
                                                          crm_files.c.message_id == message_id)).fetchall()
         return {r.idx: dict(r._mapping) for r in found}
+
+    def _complete(self, row: dict, f: CrmFile) -> dict:
+        with self.store.write() as conn:
+            conn.execute(update(crm_files).where(crm_files.c.id == row["id"])
+                         .values(document_id=f.document_id, url=f.url))
+        return {**row, "document_id": f.document_id, "url": f.url}
 
     def _save(self, target: str, message_id: str, idx: int, f: CrmFile) -> dict:
         values = dict(target=target, message_id=message_id, idx=idx, file_id=f.file_id,
