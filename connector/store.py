@@ -119,6 +119,14 @@ media = Table(
 )
 
 
+# A CRM's own rate-limit wait (HubSpot 429, Salesforce REQUEST_LIMIT_EXCEEDED): no delivery
+# of that CRM is claimed before ``until``, in any process, also one stored meanwhile.
+parks = Table(
+    "parks", metadata,
+    Column("target", String(20), primary_key=True),
+    Column("until", Float, nullable=False),
+)
+
 # Attachments copied into a CRM (``attachments: crm-files``): one row per (CRM, message,
 # position), written as soon as the CRM has the file, so a retry never uploads it again.
 # ``document_id`` and ``linked_to``: the Salesforce ContentDocument and the record it is
@@ -342,8 +350,9 @@ class Store:
             d2.c.target == deliveries.c.target, d2.c.message_id == deliveries.c.message_id,
             d2.c.id != deliveries.c.id, d2.c.lease_until > now,
             d2.c.state.in_(OPEN_STATES)).exists()
+        parked = select(parks.c.target).where(parks.c.target == deliveries.c.target, parks.c.until > now).exists()
         conds = [deliveries.c.state.in_(OPEN_STATES), deliveries.c.next_at <= now,
-                 or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until <= now), ~busy]
+                 or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until <= now), ~busy, ~parked]
         if target:
             conds.append(deliveries.c.target == target)
         if exclude:
@@ -440,13 +449,18 @@ class Store:
                 deliveries.c.id == d.id, deliveries.c.lease_owner == d.lease_owner).values(
                 lease_until=None, lease_owner=None))
 
-    def park_target(self, target: str, until: float) -> int:
-        """Make no open delivery of ``target`` due before ``until`` (a CRM's rate-limit wait)."""
-        with self.engine.begin() as conn:
-            res = conn.execute(update(deliveries).where(
-                deliveries.c.target == target, deliveries.c.state.in_(OPEN_STATES),
-                deliveries.c.next_at < until).values(next_at=until))
-        return res.rowcount
+    def park_target(self, target: str, until: float) -> None:
+        """Claim no delivery of ``target`` before ``until`` (a CRM's rate-limit wait); an
+        earlier end never shortens a park. One row, whatever the backlog."""
+        stmt = _insert(parks, self.dialect).values(target=target, until=until)
+        stmt = stmt.on_conflict_do_update(index_elements=["target"], set_={"until": until},
+                                          where=parks.c.until < until)
+        with self.write() as conn:
+            conn.execute(stmt)
+
+    def parked_until(self, target: str) -> float | None:
+        with self.read() as conn:
+            return conn.execute(select(parks.c.until).where(parks.c.target == target)).scalar()
 
     def pending_count(self) -> int:
         with self.read() as conn:

@@ -105,3 +105,41 @@ def test_rate_limit_parks_the_whole_target(make_runtime):
     # Salesforce did not ask us to wait: its deliveries stay due.
     assert len(rt.store.claim("t", 60, target="salesforce")) == 6
     assert all(e["targets"]["hubspot"]["attempts"] == 0 for e in rt.store.list_events())
+
+
+def test_a_park_holds_deliveries_stored_after_it_and_costs_one_row(make_runtime):
+    from sqlalchemy import select
+
+    from connector.crm.base import RateLimited
+    from connector.store import deliveries
+    rt = make_runtime(salesforce={"mode": "off"})
+    client = create_app(rt.config, rt).test_client()
+    _post_messages(client, 6)
+    calls, parks = [], []
+
+    class Limited:  # the CRM answers a burst with its daily limit
+        name = "hubspot"
+
+        def deliver_many(self, items):
+            calls.append(len(items))
+            return [RateLimited("daily limit", retry_after=600)] * len(items)
+
+    rt.pipeline.writers["hubspot"] = Limited()
+    park = rt.store.park_target
+    rt.store.park_target = lambda target, until: (parks.append(target), park(target, until))
+    def next_at_of_the_rest():
+        with rt.store.read() as conn:
+            return conn.execute(select(deliveries.c.next_at).where(
+                deliveries.c.target == "hubspot", deliveries.c.id.not_in([d.id for d in batch]))).scalar()
+
+    batch = rt.store.claim("w", 60, limit=5, target="hubspot")
+    before = next_at_of_the_rest()
+    rt.pipeline.process_batch(batch)
+    assert calls == [5] and parks == ["hubspot"]  # one park for the batch, not one per item
+    assert next_at_of_the_rest() == before  # the park is one row, not a rewrite of the backlog
+
+    late = aircall_payload("sms_received")
+    late["data"]["id"] = "stored-during-the-park"
+    assert client.post(HOOK, json=late).get_json()["status"] == "stored"
+    assert rt.store.claim("w", 60, target="hubspot") == []  # neither the backlog nor the new one
+    assert len(rt.store.claim("w", 60, target="hubspot", now=time.time() + 601)) == 7

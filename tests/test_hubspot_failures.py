@@ -65,7 +65,9 @@ def test_daily_429_parks_until_midnight_in_the_portal_time_zone_and_stops_callin
     post(rt, "sms_received")
     run(rt)
     assert len(hub.requests) == calls  # no request until the reset
-    assert state(rt, "abdcSM11da5f0b1")[0]["state"] == "retrying"
+    # Stored during the park, so not even claimed: every process sees the portal's park.
+    assert state(rt, "abdcSM11da5f0b1")[0]["state"] == "pending"
+    assert abs((rt.store.parked_until("hubspot") - before) - to_midnight) < 120
 
 
 def test_500_on_search_is_retried_in_the_call(live, hub):

@@ -167,8 +167,8 @@ class Pipeline:
                                         finish=lambda d, state, **kw: finished.append((d, state, kw)),
                                         park=lambda target, until: parks.append((target, until)))
             self.store.finish_many(finished)
-            for target, until in parks:
-                self.store.park_target(target, until)
+            for target in {t for t, _ in parks}:  # one park per CRM: the latest end
+                self.store.park_target(target, max(u for t, u in parks if t == target))
         return states  # type: ignore[return-value]
 
     def record(self, d: Delivery, result: Outcome | BaseException, finish=None, park=None) -> str:
