@@ -90,24 +90,33 @@ return tostring(-tokens / fill)
 class RedisTokenBucket:
     """``rate`` tokens per ``per`` seconds, bursts up to ``capacity``, shared by every
     process using the same Redis ``key``. If Redis fails, the process falls back to a
-    local bucket of the same size (logged) rather than stopping CRM work."""
+    local bucket of the same size (logged) rather than stopping CRM work, and asks Redis
+    again only after ``RETRY_AFTER`` seconds: a Redis that accepts connections but does
+    not answer would otherwise add its socket timeout to every CRM call."""
+
+    RETRY_AFTER = 5.0
 
     def __init__(self, client, key: str, rate: float, per: float = 1.0, capacity: float | None = None,
-                 sleep=time.sleep):
+                 sleep=time.sleep, clock=time.monotonic):
         self.key = key
         self.fill_per_second = rate / per
         self.capacity = capacity if capacity is not None else rate
         self.sleep = sleep
         self._script = client.register_script(_RESERVE)
         self._fallback = TokenBucket(rate, per, self.capacity, sleep=sleep)
+        self._clock = clock
+        self._local_until = 0.0  # Redis failed: the local bucket until then
 
     def _reserve(self, cost: float) -> float:
+        if self._clock() < self._local_until:
+            return self._fallback._reserve(cost)
         try:
             return float(self._script(keys=[self.key], args=[repr(self.fill_per_second),
                                                              repr(self.capacity), repr(cost)]))
         except Exception as exc:  # Redis down: keep going at this process's own pace
-            log.warning("shared rate limit %s unavailable (%s: %s); using a local bucket",
-                        self.key, type(exc).__name__, exc)
+            log.warning("shared rate limit %s unavailable (%s: %s); using a local bucket for %.0fs",
+                        self.key, type(exc).__name__, exc, self.RETRY_AFTER)
+            self._local_until = self._clock() + self.RETRY_AFTER
             return self._fallback._reserve(cost)
 
     def acquire(self, cost: float = 1) -> float:

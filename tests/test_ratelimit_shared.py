@@ -74,3 +74,42 @@ def test_redis_down_falls_back_to_a_local_bucket(tmp_path, caplog):
     assert b.acquire() == 0  # burst of 1, then 9 per 10 s
     assert 1.0 <= b.acquire() <= 10 / 9
     assert "using a local bucket" in caplog.text
+
+
+def test_a_redis_that_does_not_answer_is_asked_again_only_after_a_pause(tmp_path):
+    import socket
+    import time as clock
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        cfg = load_config(data=base_config(tmp_path, queue={
+            "url": f"redis://127.0.0.1:{silent.getsockname()[1]}/0", "socket_timeout": 0.3},
+            hubspot={"mode": "dry-run", "requests_per_10s": 1000}))
+        b = bucket(cfg, "hubspot", sleep=lambda s: None)
+        started = clock.monotonic()
+        b.acquire()  # waits out the socket timeout once, then falls back
+        first = clock.monotonic() - started
+        started = clock.monotonic()
+        for _ in range(5):
+            b.acquire()
+        assert first >= 0.3 and clock.monotonic() - started < 0.1  # no socket timeout per call
+
+
+def test_a_search_takes_its_own_token_before_the_ten_second_one(tmp_path):
+    from connector.crm.hubspot_api import HubSpotApi
+    taken = []
+
+    class Bucket:
+        def __init__(self, name):
+            self.name = name
+
+        def acquire(self):
+            taken.append(self.name)
+            return 0.0
+
+    cfg = load_config(data=base_config(tmp_path, hubspot={"mode": "live", "access_token": "pat"}))
+    api = HubSpotApi(cfg.hubspot, bucket=Bucket("10s"), search_bucket=Bucket("search"))
+    api.call(lambda **kw: None, search=True)
+    # Waiting for a search token while holding a 10 s one would send the request on top
+    # of a window that refilled meanwhile.
+    assert taken == ["search", "10s"]

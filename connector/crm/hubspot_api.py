@@ -172,9 +172,10 @@ class HubSpotApi:
                               retry_after=self.daily_blocked_until - self.clock())
         self._ensure_token()
         for refreshed in (False, True):
-            waited = self.bucket.acquire() or 0.0
-            if search:
-                waited += self.search_bucket.acquire() or 0.0
+            # The search token first: a search queued behind others must not hold a token
+            # of the 10-second window while it waits (it would land on a refilled window).
+            waited = (self.search_bucket.acquire() or 0.0) if search else 0.0
+            waited += self.bucket.acquire() or 0.0
             self.meter.waited(waited)
             try:
                 self.calls += 1
