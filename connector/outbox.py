@@ -83,9 +83,14 @@ class Outbox:
         text, media, policy, validated, validation, state) unless its key exists; all in one
         transaction. Returns (row, created) per item, in order."""
         now = time.time()
-        out = []
+        out: dict[int, tuple[OutboundMessage, bool]] = {}
+        # In key order: two requests carrying the same keys in other orders (a redelivered
+        # Outbound Message) take their unique-index locks in one order, so on PostgreSQL
+        # they queue instead of deadlocking.
+        order = sorted(range(len(items)), key=lambda n: items[n]["idem_key"])
         with self.store.write() as conn:
-            for item in items:
+            for n in order:
+                item = items[n]
                 values = dict(item, media=json.dumps(item.get("media", [])),
                               validation=json.dumps(item["validation"]) if item.get("validation") else None,
                               validated=int(bool(item.get("validated"))), attempts=0, next_at=now,
@@ -94,8 +99,8 @@ class Outbox:
                         .on_conflict_do_nothing(index_elements=["idem_key"]).returning(outbox.c.id))
                 new_id = conn.execute(stmt).scalar()
                 row = conn.execute(select(outbox).where(outbox.c.idem_key == item["idem_key"])).first()
-                out.append((_row(row), new_id is not None))
-        return out
+                out[n] = (_row(row), new_id is not None)
+        return [out[n] for n in range(len(items))]
 
     def get(self, id_: int) -> OutboundMessage | None:
         with self.store.read() as conn:

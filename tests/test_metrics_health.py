@@ -127,10 +127,14 @@ def test_healthz_and_readyz(make_runtime):
     assert body["crm"] == {"hubspot": "no check (dry-run)", "salesforce": "no check (dry-run)"}
 
 
-def test_readyz_reports_unreachable_queue(make_runtime):
+def test_readyz_reports_an_unreachable_queue_but_stays_ready(make_runtime):
+    from tests.conftest import aircall_payload
     rt = make_runtime(queue={"url": f"redis://127.0.0.1:{_closed_port()}/0"})
-    r = create_app(rt.config, rt).test_client().get("/readyz")
-    assert r.status_code == 503
+    client = create_app(rt.config, rt).test_client()
+    assert client.post("/webhooks/aircall", json=aircall_payload("sms_received")).status_code == 200
+    r = client.get("/readyz")
+    assert r.status_code == 200  # webhooks are still stored: a balancer must keep sending them
+    assert r.get_json()["status"] == "ready"
     assert r.get_json()["checks"]["queue"].startswith("unreachable: ")
     assert r.get_json()["checks"]["store"] == "ok"
 

@@ -107,3 +107,29 @@ def test_one_unusable_salesforce_notification_does_not_lose_the_others(ort, pg_u
                                                      headers={"Content-Type": "text/xml"})
     assert r.status_code == 200 and b"<Ack>true</Ack>" in r.data
     assert sorted(row.state for row in outbox_rows(rt)) == ["queued", "rejected"]
+
+
+def test_the_same_keys_in_other_orders_queue_instead_of_deadlocking(pg_url):
+    stores = [Store(pg_url), Store(pg_url)]
+    stores[0].create_schema()
+    boxes = [Outbox(s) for s in stores]
+    errors = []
+    for round_ in range(5):
+        keys = [f"sf:{round_}:{i}" for i in range(20)]
+        start = threading.Barrier(2)
+
+        def enqueue(box, ks):
+            start.wait()
+            try:
+                results = box.enqueue([item(k) for k in ks])
+                assert [m.idem_key for m, _ in results] == ks  # answered in request order
+            except Exception as exc:  # a deadlock surfaced as a 500 before
+                errors.append(exc)
+
+        threads = [threading.Thread(target=enqueue, args=(boxes[0], keys)),
+                   threading.Thread(target=enqueue, args=(boxes[1], keys[::-1]))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert errors == []
+    for s in stores:
+        s.engine.dispose()
