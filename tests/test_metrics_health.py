@@ -90,9 +90,10 @@ def test_crm_writes_retries_dead_letters(make_runtime):
     assert value(m, "mms_connector_queue_depth", target="hubspot", state="retrying") == 2
 
     pipeline.writers = {"hubspot": Flaky(PermanentError("HubSpot 400"))}
-    with rt.store.engine.begin() as conn:  # make both due now
-        from connector.store import deliveries
+    with rt.store.engine.begin() as conn:  # make both due now, the 429's park over
+        from connector.store import deliveries, parks
         conn.execute(deliveries.update().values(next_at=0))
+        conn.execute(parks.delete())
     rt.worker().run_once()
     pipeline.writers = {"hubspot": real}
     m = scrape(client)
