@@ -181,7 +181,7 @@ def test_sent_message_is_logged_once_and_status_updates_the_same_crm_entry(oclie
     events = ort.store.list_events()
     assert [e["status"] for e in events] == ["delivered", "pending"]
     assert events[0]["targets"]["hubspot"]["rendered"]["method"] == "PATCH"
-    rec = ort.store.get_record("hubspot", "SMlog1")
+    rec = ort.store.get_record("hubspot:dry-run", "SMlog1")
     assert rec["status"] == "delivered" and rec["object_id"] == "dry-run-SMlog1"
     assert ort.store.get_record("salesforce", "SMlog1")["status"] == "delivered"
 
