@@ -183,7 +183,7 @@ def test_sent_message_is_logged_once_and_status_updates_the_same_crm_entry(oclie
     assert events[0]["targets"]["hubspot"]["rendered"]["method"] == "PATCH"
     rec = ort.store.get_record("hubspot:dry-run", "SMlog1")
     assert rec["status"] == "delivered" and rec["object_id"] == "dry-run-SMlog1"
-    assert ort.store.get_record("salesforce", "SMlog1")["status"] == "delivered"
+    assert ort.store.get_record("salesforce:dry-run", "SMlog1")["status"] == "delivered"
 
 
 def test_an_animated_png_is_a_png(oclient, ort, httpserver):
