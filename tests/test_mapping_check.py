@@ -129,7 +129,7 @@ def test_escape_attempts_fail_safely(tmp_path):
 
 def test_unknown_filter_and_phone_format(tmp_path):
     text = HUBSPOT.replace("{{ message.timestamp_ms }}", "{{ external.e164|phon }}")
-    assert errors_of(tmp_path, text) == ["F:6:37: template error: No filter named 'phon'; did you mean `phone`?"]
+    assert errors_of(tmp_path, text) == ["F:6:37: unknown filter `phon`; did you mean `phone`?"]
     text = HUBSPOT.replace("{{ message.timestamp_ms }}", "{{ external.e164|phone('nationl') }}")
     assert errors_of(tmp_path, text) == ["F:6:44: phone: unknown format `nationl`; did you mean `national`?"]
 
@@ -192,3 +192,63 @@ def test_check_a_draft_mapping_for_one_crm(tmp_path):
     run = subprocess.run([sys.executable, "-m", "connector.cli", "check", "--config", str(cfg),
                           "--mapping", str(draft)], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and "--mapping needs --crm hubspot or --crm salesforce" in run.stderr
+
+
+SALESFORCE = (ROOT / "mappings" / "salesforce.yaml").read_text()
+
+
+def line_of(text: str, needle: str) -> int:
+    return text[: text.index(needle)].count("\n") + 1
+
+
+def test_misspelt_filter_or_test_in_a_branch_the_samples_skip(tmp_path):
+    # Jinja looks such a filter up only when the branch runs: a failed message, days later
+    text = SALESFORCE.replace("  status:\n", "  status:\n    Subject: \"{% if message.status == 'failed' %}"
+                              "{{ message.status_label|uper }}{% endif %}SMS\"\n", 1)
+    line = line_of(text, "    Subject: \"{% if message.status == 'failed'")
+    assert errors_of(tmp_path, text, "salesforce") == [f"F:{line}:74: unknown filter `uper`; did you mean `upper`?"]
+    text = HUBSPOT.replace("{{ message.timestamp_ms }}", "{% if media_count is od %}1{% endif %}")
+    assert errors_of(tmp_path, text) == ["F:6:41: unknown test `od`; did you mean `odd`?"]
+
+
+def test_error_column_points_at_the_variable_not_the_same_word_in_text(tmp_path):
+    text = 'entries:\n  inbound:\n    Description: "text: {{ text }}"\n  outbound: {}\n  status: {}\n'
+    assert errors_of(tmp_path, text, "salesforce") == ["F:3:28: unknown variable `text`; did you mean `body_text`?"]
+    text = ("entries:\n  inbound:\n    Description: |\n      text {# text #}\n      {% if x %}\n"
+            "      {{ text }}{% endif %}\n  outbound: {}\n  status: {}\n")
+    assert errors_of(tmp_path, text, "salesforce") == [
+        "F:5:13: unknown variable `x`", "F:6:10: unknown variable `text`; did you mean `body_text`?"]
+
+
+def test_file_not_in_utf8_points_at_the_byte(tmp_path):
+    path = tmp_path / "salesforce.yaml"
+    path.write_bytes(("# Soci\xe9t\xe9 Acme\n" + SALESFORCE).encode("latin-1", "replace"))
+    with pytest.raises(MappingError) as info:
+        Mapping.load(path, "salesforce")
+    assert info.value.errors == [f"{path}:1:7: not UTF-8 text (byte 0xe9); save the file as UTF-8"]
+
+
+def test_yaml_tags_and_values_yaml_cannot_build_are_errors_not_crashes(tmp_path):
+    text = SALESFORCE.replace("    Type: MMS ", "    Type: !MMS x ", 1)
+    assert errors_of(tmp_path, text, "salesforce") == [
+        f"F:{line_of(text, '    Type: !MMS')}:11: entries.inbound.Type: `!MMS` reads as a YAML tag; "
+        "quote the value to keep it as text: Type: \"!MMS x\""]
+    text = SALESFORCE.replace("who_field: WhoId", "who_field: 2026-02-30", 1)
+    assert errors_of(tmp_path, text, "salesforce") == [
+        f"F:{line_of(text, 'who_field')}:12: invalid value: day is out of range for month "
+        "(quote it to keep it as text)"]
+    assert errors_of(tmp_path, "object: Task\x07\n", "salesforce") == [
+        "F:1:13: invalid YAML: control character #x0007 is not allowed (delete it)"]
+
+
+def test_check_command_reports_a_bad_date_and_encoding_without_a_traceback(tmp_path):
+    draft = tmp_path / "draft.yaml"
+    draft.write_text(SALESFORCE.replace('"{{ message.date }}"', "2026-02-30", 1))
+    cfg = ROOT / "config.example.yaml"
+    run = subprocess.run([sys.executable, "-m", "connector.cli", "check", "--config", str(cfg), "--crm", "salesforce",
+                          "--mapping", str(draft)], cwd=ROOT, capture_output=True, text=True)
+    line = line_of(draft.read_text(), "ActivityDate: 2026-02-30")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.splitlines() == [
+        f"{draft}:{line}:19: `ActivityDate` takes a date as YYYY-MM-DD (e.g. 2026-11-20), not `2026-02-30`",
+        "1 error(s) in mapping files"]

@@ -86,3 +86,49 @@ def test_running_pipeline_renders_with_the_edited_mapping(tmp_path, make_runtime
     kept = post_and_run("sms_received", "m-3")
     assert kept["state"] == "dry-run"
     assert kept["rendered"]["body"]["properties"]["hubspot_owner_id"] == "Sales US"
+
+
+SALESFORCE = (ROOT / "mappings" / "salesforce.yaml").read_text()
+
+
+@pytest.mark.parametrize("bad,error", [
+    (SALESFORCE.replace('"{{ message.date }}"', "2026-02-30", 1),
+     "29:19: `ActivityDate` takes a date as YYYY-MM-DD (e.g. 2026-11-20), not `2026-02-30`"),
+    (SALESFORCE.replace("    Type: MMS ", "    Type: !MMS x ", 1),
+     '32:11: entries.inbound.Type: `!MMS` reads as a YAML tag; quote the value to keep it as text: Type: "!MMS x"'),
+    (("# Soci\xe9t\xe9\n" + SALESFORCE).encode("latin-1", "replace"),
+     "1:7: not UTF-8 text (byte 0xe9); save the file as UTF-8"),
+])
+def test_edits_yaml_cannot_read_keep_the_last_good_mapping(tmp_path, caplog, bad, error):
+    path = tmp_path / "salesforce.yaml"
+    edit(path, SALESFORCE)
+    live = LiveMapping(path, "salesforce")
+    good = live()
+    edit(path, "")  # a fresh mtime, then the bytes as an editor saved them
+    mtime = path.stat().st_mtime_ns
+    path.write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+    os.utime(path, ns=(mtime, mtime))
+    assert live() is good
+    assert live.last_error.errors == [f"{path}:{error}"]
+
+
+def test_an_unexpected_failure_keeps_the_last_good_mapping_until_the_file_changes(tmp_path, caplog, monkeypatch):
+    path = tmp_path / "hubspot.yaml"
+    edit(path, GOOD)
+    live = LiveMapping(path, "hubspot")
+    good = live()
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("connector.mapping.reload.Mapping.load", broken)
+    edit(path, GOOD + "\n")
+    assert live() is good and live() is good
+    assert len(calls) == 1  # not re-read on every message
+    assert live.last_error.errors == [f"{path}: RuntimeError: boom"]
+    assert "edit refused (unexpected error)" in caplog.text and "Traceback" in caplog.text
+    monkeypatch.undo()
+    edit(path, GOOD.replace("  inbound:\n", "  inbound:\n    hubspot_owner_id: \"42\"\n", 1))
+    assert live() is not good and live.last_error is None

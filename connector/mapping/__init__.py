@@ -17,16 +17,19 @@ from typing import Any
 import yaml
 from jinja2 import Template, TemplateSyntaxError
 from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from . import fields as F
+from .positions import locate, position
 from .sandbox import environment
+from .values import convert, problem
 from .variables import check_template, sample_contexts
 
 KINDS = ("inbound", "outbound", "status")
 SECTIONS = ("object", "custom_fields", "entries")
 OPTIONS = {"hubspot": (), "salesforce": ("who_field", "what_field")}
-_STR_TAG = "tag:yaml.org,2002:str"
+_YAML_TAGS = "tag:yaml.org,2002:"
+_NULL_TAG = _YAML_TAGS + "null"
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class Mapping:
                 value = fm.constant
             else:
                 try:
-                    value = _convert(fm.template.render(ctx), fm.spec, self.crm)
+                    value = convert(fm.template.render(ctx), fm.spec, self.crm)
                 except Exception as exc:  # sandbox refusals, missing keys, bad filter input
                     raise RenderError([Issue(self.path, fm.line, fm.column,
                                              f"entries.{kind}.{name}: {_describe(exc)}")]) from exc
@@ -111,26 +114,6 @@ def current(mapping) -> Mapping:
 
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
-
-
-def _convert(text: str, spec: F.Field | None, crm: str) -> Any:
-    text = str(text)
-    if spec is None or spec.type in (F.TEXT, F.HTML, F.PICKLIST):
-        # Salesforce's render cuts to salesforce.field_limits (UTF-16 aware); HubSpot's here.
-        if (crm == "hubspot" and spec is not None and spec.max_length and spec.type != F.HTML
-                and len(text) > spec.max_length):
-            text = text[: spec.max_length - 3] + "..."  # the CRM would refuse the whole entry
-        return text
-    if crm != "salesforce":
-        return text
-    stripped = text.strip()
-    if not stripped:
-        return None  # an empty date/number clears the field rather than failing
-    if spec.type == F.NUMBER and re.fullmatch(r"-?\d+(\.\d+)?", stripped):
-        return float(stripped) if "." in stripped else int(stripped)
-    if spec.type == F.BOOL and stripped.lower() in ("true", "false"):
-        return stripped.lower() == "true"
-    return stripped
 
 
 def display_path(p: Path) -> str:
@@ -157,8 +140,10 @@ class _Loader:
         self.constructor = SafeConstructor()
 
     def error(self, line: int, column: int, message: str, severity: str = "error") -> None:
-        (self.errors if severity == "error" else self.warnings).append(
-            Issue(self.shown, line, column, message, severity))
+        issues = self.errors if severity == "error" else self.warnings
+        issue = Issue(self.shown, line, column, message, severity)
+        if issue not in issues:  # a setting read twice (who_field) is reported once
+            issues.append(issue)
 
     def at(self, node: Node, message: str, severity: str = "error") -> None:
         self.error(node.start_mark.line + 1, node.start_mark.column + 1, message, severity)
@@ -179,21 +164,39 @@ class _Loader:
         return out
 
     def scalar(self, node: Node) -> Any:
-        return self.constructor.construct_object(node, deep=True)
+        """A setting's value as YAML types it; a value YAML cannot build is an error here."""
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # `!tag x`, 2026-02-30
+            self.constructor = SafeConstructor()  # a failed build leaves state behind
+            mark = getattr(exc, "problem_mark", None) or node.start_mark
+            what = getattr(exc, "problem", None) or str(exc)
+            self.error(mark.line + 1, mark.column + 1, f"invalid value: {what} (quote it to keep it as text)")
+            return None
 
     def load(self) -> Mapping:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except OSError as exc:
             raise MappingError([Issue(self.shown, 1, 1, f"cannot read mapping file ({exc.strerror or exc})")])
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:  # e.g. saved as Latin-1 by an editor
+            line, col = position(data[: exc.start].decode("utf-8", "replace"))
+            self.error(line, col, f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8")
+            raise self.fail()
         self.lines = text.splitlines()
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            problem = getattr(exc, "problem", None) or str(exc)
-            self.error(line, col, f"invalid YAML: {problem} (check indentation and quote values that contain `: ` or start with `{{`)")
+            what = getattr(exc, "problem", None) or str(exc)
+            hint = "check indentation and quote values that contain `: ` or start with `{`"
+            if isinstance(exc, yaml.reader.ReaderError):  # a control character: no mark, a position
+                line, col = position(text[: exc.position])
+                what, hint = f"control character #x{exc.character:04x} is not allowed", "delete it"
+            self.error(line, col, f"invalid YAML: {what} ({hint})")
             raise self.fail()
         if not isinstance(root, MappingNode):
             self.error(1, 1, "a mapping file needs `object:` and `entries:` sections")
@@ -210,6 +213,7 @@ class _Loader:
                 self.at(node, "`object` must be an object name such as " + obj)
             else:
                 obj = str(node.value).strip()
+                self.check_object(node, obj)
         self.link_fields = self.linked(top)
         custom = self.custom_fields(top["custom_fields"][1]) if "custom_fields" in top else {}
         entries: dict[str, dict[str, FieldMap]] = {}
@@ -239,6 +243,20 @@ class _Loader:
             raise self.fail()
         mapping.warnings = [str(w) for w in self.warnings]
         return mapping
+
+    def check_object(self, node: Node, obj: str) -> None:
+        """A typo in `object:` would silently turn off every field check."""
+        if self.crm == "hubspot":
+            if obj not in F.HUBSPOT_OBJECTS:
+                self.at(node, f"unknown HubSpot object `{obj}`: messages are logged as Communications "
+                        "(`object: communications`)" + _suggest(obj, F.HUBSPOT_OBJECTS[:1]))
+            return
+        standard = {name.lower(): name for name in F.SALESFORCE_OBJECTS}.get(obj.lower())
+        if standard and standard != obj:
+            self.at(node, f"unknown Salesforce object `{obj}`; did you mean `{standard}`? (names are case-sensitive)")
+        elif not standard and not obj.endswith("__c"):
+            self.at(node, f"`{obj}` is neither a standard Salesforce object the connector knows nor a custom "
+                    "object (`__c`): its fields are not checked" + _suggest(obj, F.SALESFORCE_OBJECTS), "warning")
 
     def linked(self, top: dict) -> set[str]:
         """Fields the writer fills with the matched record (Salesforce who_field/what_field)."""
@@ -276,9 +294,9 @@ class _Loader:
             if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
                 self.at(v, f"custom_fields.{name}: max_length must be a whole number of characters")
                 max_length = None
-            options = spec.get("options") or ()
+            options = _options_text(v) if isinstance(spec.get("options"), list) else ()
             out[name] = F.Field(name, ftype, max_length=max_length, read_only=bool(spec.get("read_only")),
-                                options=tuple(str(o) for o in options) if isinstance(options, list) else ())
+                                options=options)
         return out
 
     def kind_fields(self, kind: str, node: MappingNode, obj: str, custom: dict[str, F.Field]) -> dict[str, FieldMap]:
@@ -308,26 +326,31 @@ class _Loader:
             if not isinstance(v, ScalarNode):
                 self.at(v, f"entries.{kind}.{name}: a field takes one value (text or a template), not a list or mapping")
                 continue
-            value = self.scalar(v)
-            if isinstance(value, str) and ("{{" in value or "{%" in value or "{#" in value):
-                fm.template = self.compile(v, value, spec)
+            if not v.tag.startswith(_YAML_TAGS):  # `Type: !MMS x` is a YAML tag, not text
+                self.at(v, f"entries.{kind}.{name}: `{v.tag}` reads as a YAML tag; quote the value to keep "
+                        f"it as text: {name}: \"{v.tag} {v.value}\"")
+                continue
+            # The text as written, not YAML's reading of it (2026-12-31 a date, 0123 octal 83, no false):
+            # the field's type decides, with the same rules as template output.
+            text = str(v.value)
+            if "{{" in text or "{%" in text or "{#" in text:
+                fm.template = self.compile(v, text, spec)
                 if fm.template is None:
                     continue
-            else:
-                fm.constant = value
-                self.check_constant(v, name, value, spec)
+            elif not (v.tag == _NULL_TAG and v.style is None):  # `Field:` / `~`: None clears the field
+                fm.constant = convert(text, spec, self.crm)
+                self.check_constant(v, name, text, fm.constant, spec)
             out[name] = fm
         return out
 
-    def check_constant(self, node: Node, name: str, value: Any, spec: F.Field | None) -> None:
-        if spec is None or value is None:
+    def check_constant(self, node: Node, name: str, text: str, value: Any, spec: F.Field | None) -> None:
+        if spec is None:
             return
-        text = str(value)
         if spec.max_length and len(text) > spec.max_length:
             self.at(node, f"value is {len(text)} characters; `{name}` holds at most {spec.max_length}")
-        if spec.options and text not in spec.options:
-            self.at(node, f"`{text}` is not a value of `{name}` (use {', '.join(spec.options)})"
-                    + _suggest(text, spec.options))
+        wrong = problem(value, spec, self.crm)
+        if wrong:
+            self.at(node, wrong)
 
     def compile(self, node: ScalarNode, source: str, spec: F.Field | None) -> Template | None:
         env = self.envs[self.crm == "hubspot" and spec is not None and spec.type == F.HTML]
@@ -337,7 +360,7 @@ class _Loader:
             line, col = self.locate(node, exc.lineno or 1, "")
             self.error(line, col, f"template syntax error: {exc.message}")
             return None
-        findings = check_template(ast, env.filters)
+        findings = check_template(ast, env)
         for f in findings:
             line, col = self.locate(node, f.lineno, f.token)
             self.error(line, col, f.message)
@@ -352,24 +375,7 @@ class _Loader:
             return None
 
     def locate(self, node: ScalarNode, lineno: int, token: str) -> tuple[int, int]:
-        """File line/column of ``token`` on template line ``lineno`` inside a YAML value."""
-        first, last = node.start_mark.line, node.end_mark.line
-        if node.style == "|":
-            candidates = [first + lineno]
-        else:
-            candidates = list(range(first, last + 1))
-        for i in candidates:
-            if not 0 <= i < len(self.lines):
-                continue
-            text = self.lines[i]
-            start = node.start_mark.column if i == first else 0
-            if token:
-                m = re.compile(r"(?<![\w])" + re.escape(token) + r"(?!\w)").search(text, start)
-                if m:
-                    return i + 1, m.start() + 1
-            elif node.style == "|":
-                return i + 1, len(text) - len(text.lstrip()) + 1
-        return first + 1, node.start_mark.column + 1
+        return locate(self.lines, node, lineno, token)
 
     def trial_render(self, mapping: Mapping) -> None:
         """Render every field on sample messages: catches what static checks cannot
@@ -386,11 +392,23 @@ class _Loader:
                         self.error(fm.line, fm.column, f"entries.{kind}.{name} fails on the sample {label}: {_describe(exc)}")
                         break
                     spec = fm.spec
+                    wrong = problem(convert(value, spec, self.crm), spec, self.crm)
+                    if wrong:  # e.g. a date field rendering 20/11/2026: the CRM would refuse every entry
+                        self.error(fm.line, fm.column, f"entries.{kind}.{name} fails on the sample {label}: {wrong}")
+                        break
                     if spec and spec.max_length and spec.type != F.HTML and len(value) > spec.max_length:
                         self.error(fm.line, fm.column, f"entries.{kind}.{name} renders {len(value)} characters for the "
                                    f"sample {label}; `{name}` holds {spec.max_length}, longer values are cut "
                                    f"(use `|truncate({spec.max_length})`)", "warning")
                         break
+
+
+def _options_text(node: Node) -> tuple[str, ...]:
+    """A picklist's options as written (`[yes, no]` are not booleans)."""
+    for k, v in node.value if isinstance(node, MappingNode) else ():
+        if k.value == "options" and isinstance(v, SequenceNode):
+            return tuple(str(o.value) for o in v.value if isinstance(o, ScalarNode))
+    return ()
 
 
 def _filter_name(message: str) -> str:

@@ -92,6 +92,9 @@ KNOWN_OBJECTS: dict[tuple[str, str], dict[str, Field]] = {
     ("salesforce", "Task"): SALESFORCE_TASK,
 }
 DEFAULT_OBJECT = {"hubspot": "communications", "salesforce": "Task"}
+HUBSPOT_OBJECTS = ("communications", "0-18")  # the HubSpot writer logs Communications only
+# Standard objects a message could be logged to; a name in another case is a typo.
+SALESFORCE_OBJECTS = ("Task", "Event", "Case", "Contact", "Lead", "Account", "Opportunity")
 
 
 def known_fields(crm: str, obj: str) -> dict[str, Field] | None:

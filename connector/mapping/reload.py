@@ -2,7 +2,8 @@
 
 Each use stats the file (cheap); when it changed, the new file is loaded into a new
 Mapping and swapped in only when fully valid. An invalid edit is logged with the same
-errors `check` prints, and the last good mapping stays in force. A render always uses
+errors `check` prints (any other failure with its traceback), and the last good mapping
+stays in force until the file changes again. A render always uses
 one complete Mapping object, never a half-loaded one.
 """
 from __future__ import annotations
@@ -55,8 +56,11 @@ class LiveMapping:
                 return False
             try:
                 fresh = Mapping.load(self.path, self.crm, self.time_zone)
-            except MappingError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a bad edit does, the worker goes on
                 self._stamp = stamp  # report a bad edit once, not on every message
+                if not isinstance(exc, MappingError):  # a case load() does not know yet: keep the trace
+                    log.exception("mapping %s: edit refused (unexpected error)", self._current.path)
+                    exc = MappingError([f"{self._current.path}: {type(exc).__name__}: {exc}"])
                 self.last_error = exc
                 log.error("mapping %s: edit refused, still using the last good mapping:\n%s",
                           self._current.path, "\n".join(f"  {e}" for e in exc.errors))

@@ -17,7 +17,7 @@ from ..events import DELIVERED, INBOUND, OUTBOUND, RECEIVED, Media, MessageEvent
 from ..render import build_context, default_media_views
 
 ANY = None  # schema of a value whose attributes are not checked (text, numbers, dates)
-JINJA_GLOBALS = {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "loop", "true", "false", "none"}
+JINJA_GLOBALS = {"range", "dict", "cycler", "joiner", "namespace", "loop", "true", "false", "none"}
 
 # What README documents; `check` and the tests hold the code to it.
 DESCRIPTIONS = {
@@ -115,9 +115,9 @@ def _has_private(node) -> bool:
 
 
 class _Checker:
-    def __init__(self, filters):
+    def __init__(self, env):
         self.root = schema()
-        self.filters = filters
+        self.filters, self.tests = env.filters, env.tests
         self.found: list[Finding] = []
 
     def shape(self, node, scope):
@@ -161,12 +161,20 @@ class _Checker:
                 base = _dotted(node.node)
                 self.found.append(Finding(node.lineno, key, f"unknown variable `{base}.{key}`"
                                           + _suggest(key, parent).replace("`", f"`{base}.", 1)))
+        # Jinja looks up a filter in an {% if %} branch only when the branch runs: check all now.
+        for kind, known in ((nodes.Filter, self.filters), (nodes.Test, self.tests)):
+            if isinstance(node, kind) and node.name not in known:
+                what = "filter" if kind is nodes.Filter else "test"
+                self.found.append(Finding(node.lineno, node.name, f"unknown {what} `{node.name}`"
+                                          + _suggest(node.name, known)))
         if isinstance(node, nodes.Filter) and node.name == "phone" and node.args:
             arg = node.args[0]
             if isinstance(arg, nodes.Const) and arg.value not in (*_phone_formats(), "digits"):
                 self.found.append(Finding(node.lineno, str(arg.value), f"phone: unknown format `{arg.value}`"
                                           + _suggest(str(arg.value), [*_phone_formats(), "digits"])))
         if isinstance(node, nodes.For):
+            if node.recursive:
+                self.found.append(Finding(node.lineno, "recursive", "recursive loops are not allowed"))
             self.visit(node.iter, scope)
             inner = dict(scope, loop=ANY)
             item = self.shape(node.iter, scope)
@@ -209,7 +217,7 @@ def _dotted(node) -> str:
     return "(value)"
 
 
-def check_template(ast: nodes.Template, filters) -> list[Finding]:
-    checker = _Checker(filters)
+def check_template(ast: nodes.Template, env) -> list[Finding]:
+    checker = _Checker(env)
     checker.visit(ast, {})
     return checker.found
