@@ -334,12 +334,16 @@ def dead_letters_list(config_path, crm, limit, as_json):
 @click.argument("delivery_id", type=int)
 def dead_letters_show(config_path, delivery_id):
     """One delivery in full: state, reason, the stored webhook, what was rendered."""
-    row = _store(config_path).get_delivery(delivery_id)
+    from .logs import Redactor, config_secrets
+    from .runtime import Runtime
+    cfg = _load(config_path)
+    row = Runtime(cfg).store.get_delivery(delivery_id)
     if row is None:
         click.echo(f"no delivery {delivery_id}", err=True)
         sys.exit(1)
     row["payload"] = _hide_token(row["payload"])
-    click.echo(json.dumps(row, indent=2))
+    # As the logs: no secret, no presigned URL's signature, no signed media token.
+    click.echo(Redactor(config_secrets(cfg))(json.dumps(row, indent=2, ensure_ascii=False)))
 
 
 @dead_letters.command("replay")

@@ -24,7 +24,7 @@ _PATTERNS = [
     (("authorization",),
      re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:(?:bearer|basic|token)\s+)?[^\s'\",}]+"),
      r"\1" + REDACTED),
-    (("bearer",), re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (("bearer",), re.compile(r"(?i)\b(bearer)\s+[^\s'\",}]+"), r"\1 " + REDACTED),  # session ids hold "!"
     # "token": "..." in a logged payload, token=... in a form or query
     (("token", "secret", "password"),
      re.compile(r"(?i)(['\"](?:[a-z_]*token|[a-z_]*secret|password)['\"]\s*:\s*['\"])[^'\"]*"),

@@ -36,7 +36,9 @@ DESCRIPTIONS = {
     "line.name / line.country": "the line's name in Aircall and its country code",
     "external.e164 / .national / .international": "the other party's number",
     "external.country": "the other party's country code (`US`), empty when unknown",
-    "record.id / record.type": "the matched Contact/Lead when the writer knows it, else empty",
+    "record.id / record.type": ("on a create, the record the entry is logged on: HubSpot's contact (`contact`), "
+                                "Salesforce's Contact, Lead or Account (a placeholder in `preview`); empty on a "
+                                "status update"),
     "media": "every attachment: `.name`, `.type`, `.size` (bytes, may be empty), `.link`, `.supported`, `.available`, `.reason`, `.is_image`",
     "media_count / unsupported_count": "how many attachments, and how many cannot be received (too large or unsupported format)",
     "unavailable_count": "how many receivable attachments could not be fetched, or expired",

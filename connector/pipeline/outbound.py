@@ -27,6 +27,7 @@ from ..outbox import (CALLBACK_DONE, CALLBACK_DUE, CALLBACK_FAILED, OUT_FAILED, 
 from ..phones import region_of
 from ..providers import aircall
 from ..store import Store
+from ..text import writable
 from .worker import backoff_seconds
 
 log = logging.getLogger("connector.outbound")
@@ -229,6 +230,8 @@ def prepare(config: Config, *, source: str, idem_key: str, line: str, to: str, t
     from ..phones import to_e164
 
     cfg = config.outbound
+    # What a caller's JSON may carry but no store takes (a lone surrogate, a NUL).
+    line, to, text = writable(line or ""), writable(to or ""), writable(text or "")
     line = (to_e164(line) or line) if line else cfg.default_line
     policy = policy or cfg.policy
     recipient = mms.recipient_e164(to, line) or (to or "")

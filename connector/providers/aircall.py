@@ -7,7 +7,6 @@ so a token can be rotated.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ..events import (
@@ -17,25 +16,14 @@ from ..events import (
 from ..phones import to_e164
 from ..ratelimit import retry_after_seconds
 from ..secrets import any_secret_matches
+from ..text import has_control, writable
 
 NAME = "aircall"
 MAX_EXTERNAL = 40  # store.inbox.external
 # Control characters (NUL above all: PostgreSQL text cannot hold it) and unpaired
-# surrogates (no UTF-8 for them) have no place in an id or a number; refused with a 400
-# rather than failing the insert with a 500.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-_UNWRITABLE = re.compile(r"[\x00\ud800-\udfff]")
-
-
-def _text(value: str) -> str:
-    """Free text as every store and CRM can take it: JSON may carry a lone surrogate (a
-    sender's client cutting an emoji in half) or a NUL, which no UTF-8 encoder, UTF-16
-    count or PostgreSQL text column accepts. Pairs become their character, a lone half
-    U+FFFD, a NUL nothing."""
-    if not _UNWRITABLE.search(value):
-        return value
-    value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    return value.replace("\x00", "")
+# surrogates (no UTF-8 for them) have no place in an id or a number (text.has_control):
+# refused with a 400 rather than failing the insert with a 500. Free text is made
+# writable instead (text.writable).
 
 HANDLED_EVENTS = {
     "message.received": "message.received",
@@ -109,7 +97,7 @@ def _media(data: dict) -> list[Media]:
                 ctype = _field(item, "file_type", ".file_type", (str,), False)
             except PayloadError as exc:  # the item's path is only spelled out for an error
                 raise PayloadError(f"data.media_details[{i}]{exc.field}", exc.reason) from None
-            out.append(Media(url=url, file_name=_text(name or ""), content_type=_text(ctype or "").lower()))
+            out.append(Media(url=url, file_name=writable(name or ""), content_type=writable(ctype or "").lower()))
         return out
     urls = data.get("media_url")
     if urls is None:
@@ -149,7 +137,7 @@ def parse(body: Any) -> MessageEvent:
     msg_id = str(msg_id).strip()
     if not msg_id or len(msg_id) > 200:
         raise PayloadError("data.id", "must be a non-empty id of at most 200 characters")
-    if _CONTROL.search(msg_id):
+    if has_control(msg_id):
         raise PayloadError("data.id", "must not contain control characters or unpaired surrogates")
     name = HANDLED_EVENTS[event]
 
@@ -159,16 +147,16 @@ def parse(body: Any) -> MessageEvent:
     if direction not in (INBOUND, OUTBOUND):
         raise PayloadError("data.direction", "must be 'inbound' or 'outbound'")
 
-    provider_status = _text(_field(data, "status", "data.status", (str,), False) or "")
+    provider_status = writable(_field(data, "status", "data.status", (str,), False) or "")
     status = _STATUS.get(provider_status.lower(), UNKNOWN)
     if not provider_status:
         status = {"message.received": RECEIVED, "message.sent": SENT}.get(name, UNKNOWN)
 
-    text = _text(_field(data, "body", "data.body", (str,), False) or "")
+    text = writable(_field(data, "body", "data.body", (str,), False) or "")
     number = _field(data, "number", "data.number", (dict,), False) or {}
-    line_digits = _text(_field(number, "digits", "data.number.digits", (str,), False) or "")
-    line_country = _text(_field(number, "country", "data.number.country", (str,), False) or "")
-    line_name = _text(_field(number, "name", "data.number.name", (str,), False) or "")
+    line_digits = writable(_field(number, "digits", "data.number.digits", (str,), False) or "")
+    line_country = writable(_field(number, "country", "data.number.country", (str,), False) or "")
+    line_name = writable(_field(number, "name", "data.number.name", (str,), False) or "")
     region = line_country.upper() if len(line_country) == 2 else "US"
     ext_key = "external_number"
     ext_raw = _field(data, ext_key, "data.external_number", (str,), False)
@@ -180,7 +168,7 @@ def parse(body: Any) -> MessageEvent:
         raise PayloadError("data.raw_digits", "is required (the external party's number)")
     if len(external) > MAX_EXTERNAL:  # kept as sent when unparseable: it must fit the inbox column
         raise PayloadError(f"data.{ext_key}", f"must be a phone number of at most {MAX_EXTERNAL} characters")
-    if _CONTROL.search(external):
+    if has_control(external):
         raise PayloadError(f"data.{ext_key}",
                            "must be a phone number, without control characters or unpaired surrogates")
     line = to_e164(line_digits, region) or line_digits.strip()

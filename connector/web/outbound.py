@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from xml.sax.saxutils import escape
@@ -25,6 +26,7 @@ from ..fetch import FetchPolicy
 from ..outbox import CALLBACK_DUE, OUT_REJECTED, Outbox, OutboundMessage, request_hash
 from ..pipeline.outbound import hubspot_outputs, prepare, split_media
 from ..secrets import any_secret_matches, same_secret
+from ..text import has_control
 
 bp = Blueprint("outbound", __name__)
 log = logging.getLogger("connector.outbound")
@@ -121,6 +123,8 @@ def api_send():
     key = request.headers.get("Idempotency-Key", "").strip()
     if len(key) > 200:
         return _error(400, "Idempotency-Key is longer than 200 characters")
+    if has_control(key):
+        return _error(400, "Idempotency-Key must not contain control characters")
     digest = request_hash(body)
     fields = dict(line=body.get("from") or "", to=body["to"], text=body.get("text") or "",
                   media=[u.strip() for u in media or [] if u.strip()], policy=body.get("policy"))
@@ -136,7 +140,7 @@ def api_get(msg_id: str):
     denied = _api_auth()
     if denied:
         return denied
-    if not msg_id.startswith("out_") or not msg_id[4:].isdigit():
+    if not re.fullmatch(r"out_[0-9]{1,18}", msg_id):
         return _error(404, "no such message")
     row = Outbox(_rt().store).get(int(msg_id[4:]))
     if row is None or row.source != "api":
@@ -179,10 +183,9 @@ def verify_hubspot(secret: str, max_age: int, body: str) -> str | None:
     v3 = request.headers.get("X-HubSpot-Signature-v3")
     if v3:
         ts = request.headers.get("X-HubSpot-Request-Timestamp", "")
-        try:
-            age = time.time() - int(ts) / 1000
-        except ValueError:
+        if not (ts.isascii() and ts.isdigit() and len(ts) <= 16):  # int() would take "²", overflow on 400 digits
             return "X-HubSpot-Request-Timestamp is missing or not epoch milliseconds"
+        age = time.time() - int(ts) / 1000
         if abs(age) > max_age:
             return f"request timestamp is more than {max_age} seconds old"
         expected = Signature.get_signature(secret, body, "v3", _v3_uri(uri), request.method, ts)
@@ -242,8 +245,9 @@ def hubspot_action():
         return _error(400, str(exc), field=names.media_field)
     callback = body.get("callbackId")
     action = isinstance(callback, str) and bool(callback)  # a custom workflow action, not a webhook
-    if action and len(callback) > 200:
-        return _error(400, "callbackId is longer than 200 characters", field="callbackId")
+    if action and (len(callback) > 200 or has_control(callback)):
+        return _error(400, "callbackId must be at most 200 characters, without control characters",
+                      field="callbackId")
     key = f"hubspot:{callback}" if action else f"hubspot:body:{hashlib.sha256(raw).hexdigest()}"
     fields = dict(line=str(line or ""), to=str(to or ""), text=str(msg or ""), media=media, policy=None)
     row, _ = _submit("hubspot", key, fields, True, request_hash(body),
@@ -281,7 +285,7 @@ def salesforce_outbound():
         root = fromstring(request.get_data(cache=True), forbid_dtd=True)
     except DefusedXmlException as exc:
         return _soap_fault(400, f"XML with a DTD or entities is refused ({type(exc).__name__})")
-    except (ParseError, ValueError) as exc:
+    except (ParseError, ValueError, LookupError) as exc:  # LookupError: an unknown encoding
         return _soap_fault(400, f"body is not well-formed XML: {exc}")
     notes = root.find(f".//{OM_NS}notifications")
     if notes is None:
@@ -298,8 +302,9 @@ def salesforce_outbound():
     policy = FetchPolicy.from_config(cfg.fetch)
     for n in items:
         nid = (n.findtext(f"{OM_NS}Id") or "").strip()
-        if not nid or len(nid) > 100:
-            return _soap_fault(400, "a Notification has no Id" if not nid else "a Notification Id is longer than 100 characters")
+        if not nid or len(nid) > 100 or has_control(nid):
+            return _soap_fault(400, "a Notification has no Id" if not nid else
+                               "a Notification Id must be at most 100 characters, without control characters")
         sobj = n.find(f"{OM_NS}sObject")
         values = {} if sobj is None else {
             child.tag.replace(SOBJECT_NS, ""): (child.text or "").strip() for child in sobj}
