@@ -34,7 +34,8 @@ _PATTERNS = [
     # Query strings carry signatures (S3 presigned URLs, signed links): keep the path only.
     (("://",), re.compile(r"((?:https?|ftp)://[^\s?#'\"<>]+)\?[^\s'\"<>]*"), r"\1?" + REDACTED),
     # Our signed attachment links: /media/<signed-token>[/...]
-    (("/media/",), re.compile(r"(/media/)[A-Za-z0-9._~=:+-]{8,}"), r"\1" + REDACTED),
+    # (A token never starts with a dot: the media store's ".signing-secret" file keeps its name.)
+    (("/media/",), re.compile(r"(/media/)[A-Za-z0-9_~=:+-][A-Za-z0-9._~=:+-]{7,}"), r"\1" + REDACTED),
 ]
 
 

@@ -124,7 +124,7 @@ class Metrics:
     # -- what the pipeline reports ---------------------------------------------------
     def write(self, target: str, outcome: str) -> None:
         self.crm_writes.labels(target, outcome).inc()
-        if outcome in ("retrying", "rate_limited"):
-            self.retries.labels(target, "rate_limited" if outcome == "rate_limited" else "error").inc()
+        if outcome in ("retrying", "rate_limited", "media_busy"):
+            self.retries.labels(target, "error" if outcome == "retrying" else outcome).inc()
         elif outcome == "dead":
             self.dead_lettered.labels(target).inc()

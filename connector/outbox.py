@@ -254,6 +254,8 @@ class Outbox:
         values: dict[str, Any] = dict(state=state, updated_at=time.time(), lease_until=None, lease_owner=None)
         if provider_message_id:
             values["provider_message_id"] = provider_message_id
+        if state == OUT_SENT:  # the operator knows it went out: its old error no longer holds
+            values["error"] = None
         if state == OUT_QUEUED:
             values["next_at"] = time.time()
         with self.store.write() as conn:

@@ -177,3 +177,11 @@ def test_config_secrets_found_by_key_name(tmp_path):
     found = set(config_secrets(cfg))
     assert set(SECRETS.values()) <= found
     assert "acl-id" not in found and "127.0.0.1" not in found
+
+
+def test_a_file_path_under_a_media_directory_is_not_taken_for_a_signed_link():
+    from connector.logs import Redactor
+    redact = Redactor([])
+    assert redact("generated one in /srv/data/media/.signing-secret") == \
+        "generated one in /srv/data/media/.signing-secret"
+    assert redact("GET /media/eyJtIjoiU00xIn0.Zx3a9Q.sig-part") == "GET /media/[redacted]"

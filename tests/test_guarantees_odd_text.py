@@ -103,5 +103,10 @@ def test_media_fetched_elsewhere_holds_back_only_its_own_delivery(make_runtime, 
     rt.pipeline.process(first)
     with rt.store.engine.connect() as conn:
         rows = {r.message_id: r for r in conn.execute(select(deliveries))}
-    assert rows[mms["data"]["id"]].next_at > time.time() + 1  # back in about 2 s
+    held = rows[mms["data"]["id"]]
+    assert held.next_at > time.time() + 1 and held.attempts == 0  # back in about 2 s, no attempt spent
+    assert held.last_error.startswith("media busy: media of message ")  # not called a rate limit
     assert rows["abdcSM11da5f0b1"].next_at <= time.time()  # the SMS is not held back
+    m = rt.metrics.exposition().decode()
+    assert 'mms_connector_crm_writes_total{outcome="media_busy",target="salesforce"} 1.0' in m
+    assert 'outcome="rate_limited"' not in m

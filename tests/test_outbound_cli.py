@@ -93,3 +93,18 @@ def test_send_that_aircall_refuses_for_now_returns_at_once_queued_for_the_worker
     assert lines[-1] == ("  not sent yet: a worker (serve or mms-connector worker) retries it; "
                          "see mms-connector outbox list")
     assert len(send_requests(httpserver)) == 3
+
+
+def test_resolving_an_unknown_send_as_sent_clears_its_old_error(tmp_path):
+    from connector.outbox import OUT_SENT, OUT_UNKNOWN, Outbox
+    from connector.store import Store
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.create_schema()
+    box = Outbox(store)
+    [(m, _)] = box.enqueue([dict(idem_key="k", request_hash="h", source="api", line="+14155550100", line_id="1",
+                                 recipient="+14155550142", text="hi", media=[], policy="partial", validated=True,
+                                 validation={"ok": True}, state=OUT_UNKNOWN,
+                                 error="Aircall answered 500; the message may have been sent")])
+    assert box.resolve(m.id, OUT_SENT, provider_message_id="SM1")
+    row = box.get(m.id)
+    assert (row.state, row.provider_message_id, row.error) == (OUT_SENT, "SM1", None)

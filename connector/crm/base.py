@@ -64,6 +64,8 @@ class RateLimited(TransientError):
     while Salesforce usage is near the allocation, and the like).
     """
 
+    reason = "rate_limited"  # how the wait shows in logs and /metrics
+
     def __init__(self, message: str, retry_after: float | None = None, whole_crm: bool = True):
         super().__init__(message, retry_after)
         self.whole_crm = whole_crm

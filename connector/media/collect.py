@@ -36,7 +36,10 @@ PARALLEL_FETCHES = 4
 
 
 class MediaBusy(RateLimited):
-    """Another worker is fetching this message's media; come back shortly (no attempt spent)."""
+    """Another worker is fetching this message's media; come back shortly (no attempt spent,
+    no CRM asked anything: it shows as ``media_busy``, not as a rate limit)."""
+
+    reason = "media_busy"
 
 
 @dataclass(frozen=True)

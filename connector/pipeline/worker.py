@@ -26,6 +26,11 @@ from ..store import DEAD, RETRYING, Delivery, Store, new_owner_id
 log = logging.getLogger("connector.worker")
 
 
+# Outcomes that wait without spending an attempt: the CRM's rate limit, media another
+# worker is fetching.
+WAITS = ("rate_limited", "media_busy")
+
+
 def backoff_seconds(attempt: int, initial: float, maximum: float) -> float:
     """Exponential backoff with jitter for the ``attempt``-th failure (tenacity's curve)."""
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
@@ -55,7 +60,7 @@ class Pipeline:
     def _count(self, d: Delivery, outcome: str) -> str:
         if self.metrics is not None:
             self.metrics.write(d.target, outcome)
-        return RETRYING if outcome == "rate_limited" else outcome
+        return RETRYING if outcome in WAITS else outcome
 
     def _prepare(self, d: Delivery):
         """(event, writer, ctx) for a claimed delivery, or the error that is its outcome."""
@@ -187,15 +192,16 @@ class Pipeline:
             exc = unrenderable(exc)
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else cfg.backoff_initial
-            finish(d, RETRYING, error=f"rate limited: {exc}", next_at=time.time() + wait,
+            finish(d, RETRYING, error=f"{exc.reason.replace('_', ' ')}: {exc}", next_at=time.time() + wait,
                    count_attempt=False)
             if exc.whole_crm:
                 # The wait is the CRM's, not this message's: park that CRM's other open work
                 # too, so no worker, in any process, calls it before the wait is over.
                 park(d.target, time.time() + wait)
                 self.parks[d.target] = self.parks.get(d.target, 0) + 1
-            log.info("delivery %s message %s %s: rate limited, parked %.0fs", d.id, d.message_id, d.target, wait)
-            return self._count(d, "rate_limited")
+            log.info("delivery %s message %s %s: %s, back in %.0fs", d.id, d.message_id, d.target,
+                     exc.reason.replace("_", " "), wait)
+            return self._count(d, exc.reason)
         if isinstance(exc, PermanentError):
             finish(d, DEAD, error=str(exc))
             log.warning("delivery %s message %s %s: dead letter: %s", d.id, d.message_id, d.target, exc)
