@@ -139,11 +139,14 @@ def db_current(config_path):
 
 @db.command("revision")
 @click.option("-m", "--message", required=True, help="What the schema change does.")
-def db_revision(message):
+@click.option("--empty", is_flag=True, help="Write one even with no table change (a data migration, by hand).")
+def db_revision(message, empty):
     """(Developers) write a migration for tables/columns added to connector/store.py."""
     from . import migrations
 
-    click.echo(migrations.revision(message))
+    written = migrations.revision(message, empty=empty)
+    click.echo(written or "no change to the tables in connector/store.py: no migration written "
+                          "(--empty writes one to fill in by hand)")
 
 
 def _safe_url(engine) -> str:

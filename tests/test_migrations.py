@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -89,3 +90,14 @@ def test_dry_run_records_of_earlier_versions_move_apart_from_live_ones(tmp_path)
     with engine.connect() as conn:
         rows = sorted((r.target, r.object_id) for r in conn.execute(select(crm_records)))
     assert rows == [("hubspot:dry-run", "dry-run-m1"), ("salesforce", "00T000000000001AAA")]
+
+
+def test_db_revision_with_no_table_change_writes_nothing():
+    versions = Path(migrations.__file__).parent / "versions"
+    before = set(versions.iterdir())
+    try:
+        assert migrations.revision("nothing changed") == ""
+    finally:
+        for stray in set(versions.iterdir()) - before:  # never leave a file in the source tree
+            stray.unlink()
+    assert set(versions.iterdir()) == before

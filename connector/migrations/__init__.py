@@ -48,9 +48,10 @@ def current(engine: Engine) -> set[str]:
         return set(MigrationContext.configure(conn).get_current_heads())
 
 
-def revision(message: str) -> str:
+def revision(message: str, empty: bool = False) -> str:
     """Write a migration for what ``connector.store.metadata`` has beyond the newest
-    revision (diffed against a scratch SQLite database); returns the new file's path."""
+    revision (diffed against a scratch SQLite database); returns the new files' paths, ""
+    when nothing changed (``empty``: write one anyway, to fill in by hand)."""
     import tempfile
 
     from ..store import make_engine
@@ -62,8 +63,10 @@ def revision(message: str) -> str:
         engine = make_engine(f"sqlite:///{tmp}/scratch.db")
         try:
             upgrade(engine)
-            script = command.revision(alembic_config(engine), message=message, autogenerate=True)
+            cfg = alembic_config(engine)
+            cfg.attributes["empty"] = empty
+            script = command.revision(cfg, message=message, autogenerate=True)
         finally:
             engine.dispose()
-    written += script if isinstance(script, list) else [script]
+    written += [s for s in (script if isinstance(script, list) else [script]) if s is not None]
     return ", ".join(s.path for s in written)
