@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from .store import (
     OUT_FAILED, OUT_QUEUED, OUT_REJECTED, OUT_SENDING, OUT_SENT, OUT_UNKNOWN, Store, _insert,
@@ -221,19 +221,31 @@ class Outbox:
     # -- reconciling unknown sends -----------------------------------------------------
     def reconcile(self, parse, window: float, now: float | None = None) -> list[tuple[int, str]]:
         """Link ``unknown`` sends to the provider's outbound message events with the same
-        line, recipient and text, received within ``window`` seconds of the send; returns
-        (outbox id, provider message id) for each link made."""
+        line, recipient and text, sent within ``window`` seconds of the last attempt;
+        returns (outbox id, provider message id) for each link made.
+
+        Only when the match cannot be another send's: while another send of the same line,
+        recipient and text is unknown, queued or being sent (its message may be the one
+        seen), the row stays unknown for an operator (`outbox resolve`)."""
         now = now or time.time()
         linked = []
         with self.store.write() as conn:
             unknown = conn.execute(select(outbox).where(
-                outbox.c.state == OUT_UNKNOWN, outbox.c.created_at >= now - 7 * 86400)).fetchall()
+                outbox.c.state == OUT_UNKNOWN, outbox.c.created_at >= now - 7 * 86400).order_by(outbox.c.id)).fetchall()
             for u in unknown:
+                twins = conn.execute(select(func.count()).select_from(outbox).where(
+                    outbox.c.id != u.id, outbox.c.line == u.line, outbox.c.recipient == u.recipient,
+                    outbox.c.text == u.text, outbox.c.state.in_((OUT_UNKNOWN, OUT_QUEUED, OUT_SENDING)))).scalar()
+                if twins:
+                    continue
                 taken = select(outbox.c.provider_message_id).where(outbox.c.provider_message_id.is_not(None))
+                # Around the last attempt (updated_at: when it was found unknown), which may
+                # come long after the row was queued (backoff, holds, a backlog).
+                since = max(u.created_at - 60, u.updated_at - window)
                 candidates = conn.execute(select(inbox).where(
                     inbox.c.direction == "outbound", inbox.c.external == u.recipient,
-                    inbox.c.occurred_at >= u.created_at - 60, inbox.c.occurred_at <= u.created_at + window,
-                    inbox.c.message_id.not_in(taken)).order_by(inbox.c.occurred_at)).fetchall()
+                    inbox.c.occurred_at >= since, inbox.c.occurred_at <= u.updated_at + window,
+                    inbox.c.message_id.not_in(taken)).order_by(inbox.c.occurred_at, inbox.c.id)).fetchall()
                 for c in candidates:
                     try:
                         ev = parse(json.loads(c.payload))

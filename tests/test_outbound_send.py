@@ -273,3 +273,52 @@ def test_an_answer_that_cannot_be_logged_still_counts_as_sent(oclient, ort, http
     row = only_row(ort)
     assert row.state == OUT_SENT and ort.store.list_events() == []
     assert ort.outbound.run_once() == 0 and len(send_requests(httpserver)) == 1
+
+
+def sent_hook(msg_id: str, text: str) -> dict:
+    """Aircall's message.sent webhook for a message on our line to TO, sent now."""
+    h = aircall_payload("message_sent")
+    h["data"].update(id=msg_id, raw_digits=TO.lstrip("+"), body=text, created_at=int(time.time() * 1000))
+    h["data"]["number"]["digits"] = "+1 415-555-0100"
+    return h
+
+
+def test_an_unknown_send_attempted_long_after_it_was_queued_is_still_reconciled(oclient, ort, httpserver):
+    from sqlalchemy import update
+
+    from connector.store import outbox
+    queue(oclient, "Here is the brochure")
+    with ort.store.write() as conn:  # it waited 20 minutes (backoff, holds, a backlog)
+        conn.execute(update(outbox).values(created_at=time.time() - 1200, next_at=0))
+    expect_send(httpserver, {}, status=502)
+    ort.outbound.run_once()
+    assert only_row(ort).state == OUT_UNKNOWN
+    assert oclient.post("/webhooks/aircall", json=sent_hook("SMlate", "Here is the brochure")).status_code == 200
+    ort.outbound.sweep()
+    assert (only_row(ort).state, only_row(ort).provider_message_id) == (OUT_SENT, "SMlate")
+
+
+def test_a_message_being_sent_is_never_taken_by_an_unknown_twin(oclient, ort, httpserver):
+    queue(oclient, "Your code is 1234", key="a")
+    expect_send(httpserver, {}, status=502)
+    ort.outbound.run_once()  # out_1: unknown (in this story it did not go out)
+    queue(oclient, "Your code is 1234", key="b")
+    box = Outbox(ort.store)
+    [m] = box.claim("w2", lease_seconds=120)
+    assert box.begin_send(m)  # out_2 is being sent; Aircall took it as SMb, and its webhook
+    assert oclient.post("/webhooks/aircall", json=sent_hook("SMb", "Your code is 1234")).status_code == 200
+    ort.outbound.sweep()  # arrives before the HTTP answer
+    box.mark_sent(m, "SMb", {"id": "SMb"}, None)
+    rows = sorted(box.list(limit=10), key=lambda r: r.id)
+    assert [(r.state, r.provider_message_id) for r in rows] == [(OUT_UNKNOWN, None), (OUT_SENT, "SMb")]
+
+
+def test_two_unknown_twins_and_one_message_are_left_to_the_operator(oclient, ort, httpserver):
+    for key in ("a", "b"):
+        queue(oclient, "Your code is 1234", key=key)
+        expect_send(httpserver, {}, status=502)
+        ort.outbound.run_once()
+    assert oclient.post("/webhooks/aircall", json=sent_hook("SMone", "Your code is 1234")).status_code == 200
+    ort.outbound.sweep()
+    # Only one went out, and nothing says which: neither is marked sent.
+    assert [r.state for r in Outbox(ort.store).list(limit=10)] == [OUT_UNKNOWN, OUT_UNKNOWN]
