@@ -432,6 +432,17 @@ class MediaConfig(_Section):
             raise ValueError("must be at least 16 characters (or empty to generate one)")
         return v
 
+    @model_validator(mode="after")
+    def _bucket_needs_a_shared_secret(self) -> "MediaConfig":
+        # A generated secret lives in each machine's own media.dir: links signed by one
+        # worker would be refused by every other web machine (and all, after a restart
+        # on an ephemeral disk).
+        if self.s3.bucket and not self.signing_secret:
+            raise ValueError("signing_secret: an S3 media store serves several machines, so they "
+                             "must sign links alike: set media.signing_secret (16+ characters, "
+                             "e.g. ${MEDIA_SIGNING_SECRET})")
+        return self
+
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -15,6 +15,7 @@ from tests.conftest import base_config
 from test_media import FILES, ITEMS, MID, _served, env, path_of, provider, receive  # noqa: F401  (fixtures)
 
 BUCKET = "acme-mms-media"
+SECRET = "a-shared-signing-secret-for-tests"
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def objects(client) -> dict[str, int]:
 
 
 def test_attachments_are_stored_in_the_bucket_and_served_by_the_same_links(env, provider, s3, tmp_path):
-    rt, client = env(media={"s3": {"bucket": BUCKET}})
+    rt, client = env(media={"s3": {"bucket": BUCKET}, "signing_secret": SECRET})
     views, zip_link = _served(rt, client, provider)
     stored = objects(s3)
     # The five receivable files, under the prefix; nothing in the local directory.
@@ -59,7 +60,7 @@ def test_attachments_are_stored_in_the_bucket_and_served_by_the_same_links(env, 
 
 def test_purge_deletes_expired_objects_and_their_links_answer_410(env, provider, s3):
     import time
-    rt, client = env(media={"s3": {"bucket": BUCKET, "prefix": "tenant-a/media"}})
+    rt, client = env(media={"s3": {"bucket": BUCKET, "prefix": "tenant-a/media"}, "signing_secret": SECRET})
     views, _ = _served(rt, client, provider)
     assert len(objects(s3)) == 5 and all(k.startswith("tenant-a/media/") for k in objects(s3))
     deleted, freed = rt.media.purge(now=time.time() + 200 * 86400)
@@ -69,7 +70,7 @@ def test_purge_deletes_expired_objects_and_their_links_answer_410(env, provider,
 
 
 def test_an_object_removed_behind_the_connectors_back_answers_410(env, provider, s3):
-    rt, client = env(media={"s3": {"bucket": BUCKET}})
+    rt, client = env(media={"s3": {"bucket": BUCKET}, "signing_secret": SECRET})
     views, _ = _served(rt, client, provider)
     key = next(k for k in objects(s3) if k.endswith(".png"))
     s3.delete_object(Bucket=BUCKET, Key=key)
@@ -107,13 +108,63 @@ def test_cli_download_reads_from_the_bucket(env, provider, s3, tmp_path):
     from click.testing import CliRunner
 
     from connector.cli import main as cli
-    rt, client = env(media={"s3": {"bucket": BUCKET}})
+    rt, client = env(media={"s3": {"bucket": BUCKET}, "signing_secret": SECRET})
     receive(rt, client, provider)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(base_config(tmp_path, media={"dir": str(tmp_path / "media"),
-                                                                  "s3": {"bucket": BUCKET}})))
+                                                                  "s3": {"bucket": BUCKET}, "signing_secret": SECRET})))
     dest = tmp_path / "downloads"
     result = CliRunner().invoke(cli, ["media", "download", MID, "--dest", str(dest), "--config", str(config)])
     assert result.exit_code == 1  # some of the message's media is unavailable (as with a directory)
     assert sorted(p.name for p in dest.iterdir()) == ["front.png", "quote.pdf", "renamed.png", "side.jpg", "spin.gif"]
     assert (dest / "side.jpg").read_bytes() == FILES["/m/side.jpg"][0]
+
+
+def _client_error(code: str, status: int):
+    from botocore.exceptions import ClientError
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "HeadObject")
+
+
+@pytest.mark.parametrize("failure", ["SlowDown", "EndpointConnectionError"])
+def test_a_bucket_that_cannot_be_reached_answers_503_not_410_or_500(env, provider, s3, failure):
+    from botocore.exceptions import EndpointConnectionError
+    rt, client = env(media={"s3": {"bucket": BUCKET}, "signing_secret": SECRET})
+    views, zip_link = _served(rt, client, provider)
+
+    def down(**_):
+        raise (_client_error("SlowDown", 503) if failure == "SlowDown"
+               else EndpointConnectionError(endpoint_url="https://s3.example"))
+
+    rt.media.storage.client.head_object = down
+    for link in (views["front.png"].link, zip_link):
+        r = client.get(path_of(link), headers={"Accept": "application/json"})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "30"
+        assert r.get_json()["error"] == "The media store cannot be reached right now; try again in a minute"
+
+
+def test_one_object_that_cannot_be_deleted_does_not_stop_the_purge(env, provider, s3):
+    import time
+    rt, client = env(media={"s3": {"bucket": BUCKET}, "signing_secret": SECRET})
+    _served(rt, client, provider)
+    locked = sorted(objects(s3))[0]
+    real = rt.media.storage.client.delete_object
+
+    def delete(Bucket, Key):
+        if Key == locked:
+            raise _client_error("AccessDenied", 403)
+        return real(Bucket=Bucket, Key=Key)
+
+    rt.media.storage.client.delete_object = delete
+    later = time.time() + 200 * 86400
+    assert rt.media.purge(now=later)[0] == 4
+    assert list(objects(s3)) == [locked]
+    assert rt.media.purge(now=later)[0] == 0  # still kept for the next run, and only it
+
+
+def test_a_bucket_without_a_shared_signing_secret_is_a_config_error(tmp_path):
+    data = base_config(tmp_path, media={"s3": {"bucket": BUCKET}})
+    with pytest.raises(ConfigError) as err:
+        load_config(data=data)
+    assert any(e.startswith("media: signing_secret: an S3 media store serves several machines")
+               for e in err.value.errors), err.value.errors

@@ -150,14 +150,21 @@ class MediaService:
         """Delete files whose retention ran out: (files deleted, bytes freed)."""
         now = now or time.time()
         count = freed = 0
+        failed: set[int] = set()  # kept for the next purge; the others go on meanwhile
         while True:
-            rows = self.store.media_expired(now, retention=self.config.media.retention_days * DAY)
+            rows = [r for r in self.store.media_expired(now, retention=self.config.media.retention_days * DAY,
+                                                        limit=500 + len(failed)) if r["id"] not in failed]
             if not rows:
                 break
             for r in rows:
-                if r["path"] and self.storage.delete(r["path"]):
-                    count += 1
-                    freed += r["size"] or 0
+                try:
+                    if r["path"] and self.storage.delete(r["path"]):
+                        count += 1
+                        freed += r["size"] or 0
+                except OSError as exc:  # denied, locked, the store unwell: this file only
+                    failed.add(r["id"])
+                    log.warning("media purge: %s not deleted (%s); tried again next time", r["path"], exc)
+                    continue
                 self.store.media_mark_expired(r["id"])
         if count:
             log.info("media purge: deleted %d expired files (%d bytes)", count, freed)

@@ -89,6 +89,11 @@ class LocalStorage:
             return False
 
 
+class StorageUnavailable(OSError):
+    """The store could not be reached or refused the request (an S3 outage, throttling,
+    denied access): the file may well be there. Links answer 503, not 410."""
+
+
 class S3Storage:
     """Objects under ``prefix`` in one bucket (boto3). A PUT is atomic: readers see the
     whole object or none. Credentials come from boto3's usual chain (environment
@@ -113,29 +118,43 @@ class S3Storage:
         return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
             "404", "NoSuchKey", "NotFound")
 
+    def _unavailable(self, exc: Exception) -> StorageUnavailable:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__
+        return StorageUnavailable(f"S3 bucket {self.bucket}: {code}")
+
     def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        key = self._key(key)  # a key that escapes the store is a ValueError, not an outage
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
 
     def open(self, key: str) -> BinaryIO:
+        full = self._key(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            return self.client.get_object(Bucket=self.bucket, Key=full)["Body"]
         except Exception as exc:
             if self._missing(exc):
                 raise FileNotFoundError(key) from None
-            raise
+            raise self._unavailable(exc) from exc
 
     def size(self, key: str) -> int | None:
+        full = self._key(key)
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+            return self.client.head_object(Bucket=self.bucket, Key=full)["ContentLength"]
         except Exception as exc:
             if self._missing(exc):
                 return None
-            raise
+            raise self._unavailable(exc) from exc
 
     def delete(self, key: str) -> bool:
         if self.size(key) is None:  # S3 answers a delete of a missing key like any other
             return False
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        full = self._key(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
         return True
 
     def local_path(self, key: str) -> Path | None:

@@ -15,8 +15,19 @@ from flask import Blueprint, Response, current_app, jsonify, render_template_str
 
 from ..media import UNAVAILABLE_TEXT
 from ..media.links import InvalidLink
+from ..media.storage import StorageUnavailable
 
 bp = Blueprint("media", __name__)
+STORE_DOWN_TEXT = "The media store cannot be reached right now; try again in a minute"
+
+
+@bp.errorhandler(StorageUnavailable)
+def _store_down(exc: StorageUnavailable):
+    # The file may well be there: not the 410 of a missing or expired one.
+    log.warning("media store unavailable: %s", exc)
+    resp = _problem(503, STORE_DOWN_TEXT)
+    resp.headers["Retry-After"] = "30"
+    return resp
 log = logging.getLogger("connector.media")
 
 INVALID_TEXT = "This media link is not valid."
