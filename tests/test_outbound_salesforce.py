@@ -137,23 +137,30 @@ def test_strict_policy_rejects_in_the_worker_and_sends_nothing(ort, httpserver):
     assert [r["to"] for r in send_requests(httpserver)] == ["+14155550199"]
 
 
-def test_a_media_host_hiccup_delays_the_send_instead_of_dropping_the_file(oclient, ort, httpserver):
+def test_a_media_host_hiccup_delays_the_send_instead_of_dropping_the_file(ort, httpserver):
+    from connector.store import outbox
+    from connector.web import create_app
+    # A backoff long enough that the same run does not try again before the test says so.
+    rt = ort.make(outbound={"salesforce": {"organization_ids": [ORG]}}, worker={"backoff_initial": 60, "backoff_max": 120})
     httpserver.expect_oneshot_request("/media/label.jpg").respond_with_data("busy", status=503)
     good = serve_media(httpserver, "label.jpg", "jpg")
-    post(oclient, REQUEST.replace("https://files.example.com/mms/label-123.jpg", good))
+    post(create_app(rt.config, rt).test_client(), REQUEST.replace("https://files.example.com/mms/label-123.jpg", good))
     expect_send(httpserver, aircall_message("SF2", to="+14155550199"))
-    ort.outbound.run_once()
-    first = outbox_rows(ort)[0]
+    rt.outbound.run_once()
+    first = outbox_rows(rt)[0]
     assert (first.state, first.attempts) == (OUT_QUEUED, 1)
     assert first.error.startswith("attachment not fetched yet: http_error: HTTP 503 from ")
+    with rt.store.read() as conn:  # the worker's backoff
+        assert conn.execute(outbox.select().where(outbox.c.id == first.id)).first().next_at > time.time() + 30
     assert [r["to"] for r in send_requests(httpserver)] == ["+14155550199"]  # the other went out
 
     expect_send(httpserver, aircall_message("SF1", text="Your order has shipped & is on its way."))
-    time.sleep(0.1)  # its backoff (worker.backoff_initial)
-    ort.outbound.run_once()
+    with rt.store.write() as conn:  # the backoff is over
+        conn.execute(outbox.update().values(next_at=0))
+    rt.outbound.run_once()
     assert send_requests(httpserver)[1] == {
         "to": "+14155550142", "body": "Your order has shipped & is on its way.", "mediaUrl": [good]}
-    assert outbox_rows(ort)[0].state == OUT_SENT
+    assert outbox_rows(rt)[0].state == OUT_SENT
 
 
 def test_media_that_stays_unreachable_fails_the_strict_send_so_it_can_be_resent(ort, httpserver):
