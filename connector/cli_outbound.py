@@ -147,15 +147,16 @@ def outbox_list(config_path, state, limit, as_json):
 @click.option("--aircall-id", default=None, help="Aircall's message id, with --sent.")
 def outbox_resolve(config_path, message_id, decision, aircall_id):
     """Decide the fate of an `unknown` (or `failed`) send after checking Aircall."""
-    from .outbox import Outbox
+    from .outbox import OutboundMessage, Outbox
     from .runtime import Runtime
 
     if not decision:
         raise click.UsageError("choose one of --sent, --failed, --resend")
-    if not message_id.startswith("out_") or not message_id[4:].isdigit():
+    row_id = OutboundMessage.row_id(message_id)
+    if row_id is None:
         raise click.BadParameter("use the id `outbox list` shows, e.g. out_12", param_hint="MESSAGE_ID")
     box = Outbox(Runtime(_load(config_path)).store)
-    if not box.resolve(int(message_id[4:]), decision, aircall_id):
+    if not box.resolve(row_id, decision, aircall_id):
         click.echo(f"{message_id}: not found, or not in state unknown/failed", err=True)
         sys.exit(1)
     click.echo(f"{message_id}: {decision}")

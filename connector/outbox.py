@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,12 @@ class OutboundMessage:
     @property
     def public_id(self) -> str:
         return f"out_{self.id}"
+
+    @staticmethod
+    def row_id(public_id: str) -> int | None:
+        """``out_12`` -> 12; None for anything else (ASCII digits, at most 18)."""
+        m = re.fullmatch(r"out_([0-9]{1,18})", public_id or "")
+        return int(m.group(1)) if m else None
 
     def to_dict(self) -> dict:
         return {"id": self.public_id, "state": self.state, "source": self.source,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 import subprocess
 import sys
 
@@ -108,3 +110,10 @@ def test_resolving_an_unknown_send_as_sent_clears_its_old_error(tmp_path):
     assert box.resolve(m.id, OUT_SENT, provider_message_id="SM1")
     row = box.get(m.id)
     assert (row.state, row.provider_message_id, row.error) == (OUT_SENT, "SM1", None)
+
+
+@pytest.mark.parametrize("odd", ["out_\u00b2", "out_" + "9" * 30, "12"])
+def test_resolve_with_an_odd_id_is_a_usage_error_not_a_traceback(tmp_path, httpserver, odd):
+    r = run(tmp_path, httpserver, "outbox", "resolve", odd, "--resend")
+    assert r.returncode == 2 and "use the id `outbox list` shows, e.g. out_12" in (r.stdout + r.stderr)
+    assert "Traceback" not in r.stdout + r.stderr

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import time
 import uuid
 from xml.sax.saxutils import escape
@@ -140,9 +139,8 @@ def api_get(msg_id: str):
     denied = _api_auth()
     if denied:
         return denied
-    if not re.fullmatch(r"out_[0-9]{1,18}", msg_id):
-        return _error(404, "no such message")
-    row = Outbox(_rt().store).get(int(msg_id[4:]))
+    row_id = OutboundMessage.row_id(msg_id)
+    row = Outbox(_rt().store).get(row_id) if row_id is not None else None
     if row is None or row.source != "api":
         return _error(404, "no such message")
     return jsonify(**row.to_dict())
