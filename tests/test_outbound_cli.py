@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-
-import pytest
 import subprocess
 import sys
-
-import yaml
 from types import SimpleNamespace
+
+import pytest
+import yaml
 
 from tests.conftest import ROOT, base_config
 from tests.mms_samples import sample
