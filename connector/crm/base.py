@@ -11,7 +11,7 @@ from typing import Any, Callable, Protocol
 
 from ..config import Config
 from ..events import KIND_INBOUND, KIND_OUTBOUND, KIND_STATUS, INBOUND, MessageEvent, status_advances
-from ..mapping import Mapping, MappingError
+from ..mapping import Mapping
 from ..render import MediaView, build_context
 
 
@@ -73,12 +73,6 @@ class RateLimited(TransientError):
 
 class PermanentError(WriteError):
     """The CRM refused the entry; retrying cannot help. Goes to the dead letters."""
-
-
-def unrenderable(exc: MappingError) -> PermanentError:
-    """A mapping that fails on one message (an index past the end of its media, say):
-    that message's dead letter, to replay once the mapping is fixed; never its batch's."""
-    return PermanentError(f"the mapping cannot render this message: {exc}")
 
 
 @dataclass

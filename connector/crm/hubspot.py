@@ -22,7 +22,7 @@ from .. import ratelimit
 from ..events import MessageEvent, status_advances
 from ..mapping import Mapping, MappingError, current
 from .base import (DeliveryContext, Outcome, PermanentError, TransientError, WriteError, entry_kind,
-                   template_context, unrenderable)
+                   template_context)
 from .hubspot_api import Ambiguous, HubSpotApi, errors_by_key
 from .hubspot_contacts import Contact, ContactMatcher, Unmatched
 from .hubspot_files import HubSpotFiles
@@ -168,8 +168,8 @@ class HubSpotWriter:
             try:
                 req = render(event, ctx, "create", self.mapping(), contact_id=contact.id,
                              company_id=contact.company_id, deal_id=contact.deal_id)
-            except MappingError as exc:
-                results[i] = unrenderable(exc)
+            except MappingError as exc:  # this message's own dead letter (Pipeline.record)
+                results[i] = exc
                 continue
             intent = (rec or {}).get("data", {}).get("intent")
             body = _digest(req["body"]["properties"].get("hs_communication_body"))
@@ -257,7 +257,7 @@ class HubSpotWriter:
                     reqs.append((i, rec, render(items[i][0], items[i][1], "update", self.mapping(),
                                                 object_id=rec["object_id"])))
                 except MappingError as exc:
-                    results[i] = unrenderable(exc)
+                    results[i] = exc
             if not reqs:
                 continue
             try:

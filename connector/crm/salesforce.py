@@ -18,7 +18,7 @@ from .. import ratelimit
 from ..events import MessageEvent, status_advances
 from ..mapping import Mapping, MappingError, current
 from .base import (DeliveryContext, Outcome, RateLimited, TransientError,
-                   WriteError, entry_kind, template_context, unrenderable)
+                   WriteError, entry_kind, template_context)
 from .salesforce_client import Refused, SalesforceClient, describe_errors, error_codes, record_error
 from .salesforce_files import SalesforceFiles
 from .salesforce_match import Link, Matcher, Skip, forget, link_field
@@ -227,10 +227,8 @@ class SalesforceWriter(Recovery):
     def _guard(fn, *args):
         try:
             return fn(*args)
-        except WriteError as exc:
+        except (WriteError, MappingError) as exc:  # that item's outcome, not its batch's
             return exc
-        except MappingError as exc:
-            return unrenderable(exc)
 
     def _write_collections(self, items, ready, results) -> None:
         ext = self.cfg.external_id_field

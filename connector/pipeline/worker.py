@@ -16,7 +16,7 @@ from typing import Callable
 from tenacity import RetryCallState, wait_exponential, wait_random
 
 from ..config import Config
-from ..crm.base import DeliveryContext, Outcome, PermanentError, RateLimited, TransientError, Writer, unrenderable
+from ..crm.base import DeliveryContext, Outcome, PermanentError, RateLimited, TransientError, Writer
 from ..mapping import MappingError
 from ..providers import PARSERS
 from ..providers.aircall import Ignored, PayloadError
@@ -189,7 +189,9 @@ class Pipeline:
         exc = result if isinstance(result, BaseException) else TransientError(
             f"{d.target} writer returned {result!r} instead of an outcome")
         if isinstance(exc, MappingError):
-            exc = unrenderable(exc)
+            # The mapping fails on this message (an index past the end of its media, say):
+            # its dead letter, to replay once the mapping is fixed.
+            exc = PermanentError(f"the mapping cannot render this message: {exc}")
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else cfg.backoff_initial
             finish(d, RETRYING, error=f"{exc.reason.replace('_', ' ')}: {exc}", next_at=time.time() + wait,
