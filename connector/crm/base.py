@@ -6,6 +6,8 @@ later, PermanentError to dead-letter, and returns an Outcome otherwise.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -150,3 +152,13 @@ class CrmFile:
     file_id: str
     url: str
     document_id: str | None = None
+
+
+def content_digest(value: str | dict | None) -> str:
+    """What an intent keeps of what a create sent (a body, or a record's field values), to
+    recognise that record in the CRM later; blind to whitespace (CRMs store line breaks as
+    \\r\\n) and short (a body can be 64 KB)."""
+    if isinstance(value, dict):
+        value = json.dumps({k: "" if v is None else " ".join(str(v).split()) for k, v in value.items()},
+                           sort_keys=True)
+    return hashlib.sha256(" ".join((value or "").split()).encode()).hexdigest()[:32]

@@ -15,14 +15,13 @@ kept in the intent): another text logged in the same second is not taken for our
 """
 from __future__ import annotations
 
-import hashlib
 import time
 
 from .. import ratelimit
 from ..events import MessageEvent, status_advances
 from ..mapping import Mapping, MappingError, current
-from .base import (DeliveryContext, Outcome, PermanentError, TransientError, WriteError, entry_kind,
-                   template_context)
+from .base import (DeliveryContext, Outcome, PermanentError, TransientError, WriteError, content_digest,
+                   entry_kind, template_context)
 from .hubspot_api import Ambiguous, HubSpotApi, errors_by_key
 from .hubspot_contacts import Contact, ContactMatcher, Unmatched
 from .hubspot_files import HubSpotFiles
@@ -172,7 +171,7 @@ class HubSpotWriter:
                 results[i] = exc
                 continue
             intent = (rec or {}).get("data", {}).get("intent")
-            body = _digest(req["body"]["properties"].get("hs_communication_body"))
+            body = content_digest(req["body"]["properties"].get("hs_communication_body"))
             if intent:
                 try:
                     existing = self._find_lost_create(event, intent, store, body)
@@ -353,14 +352,9 @@ class HubSpotWriter:
         taken = store.mapped_object_ids(NAME, [str(r.id) for r in found])
         ours = set(intent.get("bodies") or [body])
         for r in found:
-            if str(r.id) not in taken and _digest((r.properties or {}).get("hs_communication_body")) in ours:
+            if str(r.id) not in taken and content_digest((r.properties or {}).get("hs_communication_body")) in ours:
                 return str(r.id)
         return None
-
-
-def _digest(body: str | None) -> str:
-    """What the intent keeps of a body (it can be 64 KB); blind to whitespace changes."""
-    return hashlib.sha256(" ".join((body or "").split()).encode()).hexdigest()[:32]
 
 
 def _row(event: MessageEvent, object_id: str | None, status: str | None, data: dict | None) -> dict:

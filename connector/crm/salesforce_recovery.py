@@ -11,15 +11,13 @@ sent as its update.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from datetime import datetime, timezone
 
 from simple_salesforce.format import format_soql
 
 from ..events import status_advances
-from .base import Outcome, WriteError
+from .base import Outcome, WriteError, content_digest
 from .salesforce_match import Link, link_field
 
 NAME = "salesforce"
@@ -37,16 +35,10 @@ class Recovery:
         field = link_field(self.mapping, link.record_type) if link else ""
         return {k: v for k, v in req["body"].items() if k != field}
 
-    @staticmethod
-    def _digest(fields: dict) -> str:
-        # Salesforce stores textarea line breaks as \r\n: compare whitespace-insensitively.
-        norm = {k: " ".join(str(v).split()) if v is not None else "" for k, v in fields.items()}
-        return hashlib.sha256(json.dumps(norm, sort_keys=True).encode()).hexdigest()
-
     def _write_intent(self, event, ctx, req, link: Link | None) -> None:
         # What this create sends, so a later event of the message finds the record it made.
         body = self._sent_fields(req, link)
-        sent = {"fields": list(body), "digest": self._digest(body), "status": event.status}
+        sent = {"fields": list(body), "digest": content_digest(body), "status": event.status}
         ctx.store.save_record(NAME, event.message_id, object_type=self.sobject, object_id=None,
                               status=None, data={"intent_at": time.time(), "sent": sent})
 
@@ -58,7 +50,7 @@ class Recovery:
             return None
         body = self._sent_fields(req, link)
         # Match what the lost create sent, not this event: a status may have come since.
-        sent = data.get("sent") or {"fields": list(body), "digest": self._digest(body)}
+        sent = data.get("sent") or {"fields": list(body), "digest": content_digest(body)}
         since = datetime.fromtimestamp(data["intent_at"] - INTENT_SLACK_SECONDS, tz=timezone.utc)
         soql = format_soql(
             "SELECT Id, {:literal} FROM {:literal} WHERE {:literal} = {} AND CreatedDate >= {:literal} "
@@ -68,14 +60,14 @@ class Recovery:
         found = (self.client.call("query/", params={"q": soql}) or {}).get("records", [])
         taken = ctx.store.mapped_object_ids(NAME, [r["Id"] for r in found])
         for r in found:
-            if r["Id"] not in taken and self._digest({k: r.get(k) for k in sent["fields"]}) == sent["digest"]:
+            if r["Id"] not in taken and content_digest({k: r.get(k) for k in sent["fields"]}) == sent["digest"]:
                 return r["Id"]
         return None
 
     def _recovered(self, event, ctx, req, found: str, link: Link, rec) -> Outcome:
         """The lost create's record was found; bring it up to this event."""
         sent = ((rec or {}).get("data") or {}).get("sent") or {}
-        if sent.get("digest") in (None, self._digest(self._sent_fields(req, link))):
+        if sent.get("digest") in (None, content_digest(self._sent_fields(req, link))):
             return self._done(event, ctx, req, "create", found, link, rec, recovered=True)
         if not status_advances(sent.get("status"), event.status):  # it shows a later status
             return self._done(event, ctx, req, "create", found, link, rec,
