@@ -30,7 +30,7 @@ class HubSpotFiles:
         self.api = api
         self.folder = folder
 
-    def upload(self, name: str, media_type: str, data: bytes) -> CrmFile:
+    def upload(self, name: str, data: bytes) -> CrmFile:
         # The SDK reads the file from a path and names the part after it: HubSpot takes the
         # file's name and extension from that part (no fileName, which may or may not
         # expect the extension).

@@ -29,7 +29,7 @@ class SalesforceFiles:
         self.client = client
         self.visibility = visibility
 
-    def upload(self, name: str, media_type: str, data: bytes) -> CrmFile:
+    def upload(self, name: str, data: bytes) -> CrmFile:
         """The ContentVersion, without its document yet (``complete`` reads it): the caller
         keeps the version first, so a failed read-back never uploads the file again."""
         # A create is not repeated after an ambiguous failure (salesforce_client): at worst
@@ -56,22 +56,19 @@ class SalesforceFiles:
         return self.client.salesforce().base_url.split("/services/data/")[0].rstrip("/")
 
     def attach(self, files: list[dict], record_id: str) -> tuple[list[dict], Exception | None]:
-        """Link each file (crm_files rows) to ``record_id``: (the rows now linked, the
-        error that kept the others from being linked, or None)."""
+        """Link each file (crm_files rows not linked to it yet) to ``record_id``: (the rows
+        now linked, the error that kept the others from being linked, or None)."""
         if not SF_ID.match(record_id or ""):
             raise PermanentError(f"cannot link files to {record_id!r}: not a Salesforce record id")
-        todo = [f for f in files if f["linked_to"] != record_id]
-        if not todo:
-            return [], None
         answers = self.client.call("composite/sobjects", method="POST", json={
             "allOrNone": False,
             "records": [{"attributes": {"type": "ContentDocumentLink"},
                          "ContentDocumentId": f["document_id"], "LinkedEntityId": record_id,
-                         "ShareType": "V", "Visibility": self.visibility} for f in todo]}) or []
-        if not isinstance(answers, list) or len(answers) != len(todo):
-            raise TransientError(f"Salesforce answered {answers!r:.200} to {len(todo)} file links")
+                         "ShareType": "V", "Visibility": self.visibility} for f in files]}) or []
+        if not isinstance(answers, list) or len(answers) != len(files):
+            raise TransientError(f"Salesforce answered {answers!r:.200} to {len(files)} file links")
         linked, failure = [], None
-        for f, answer in zip(todo, answers):
+        for f, answer in zip(files, answers):
             if answer.get("success") or ALREADY_LINKED in error_codes(answer.get("errors")):
                 linked.append(f)
             elif failure is None:

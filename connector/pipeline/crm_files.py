@@ -48,7 +48,7 @@ class CrmFiles:
             if row is None and self.media.present(a, now):
                 with self.media.storage.open(a.key) as fh:
                     data = fh.read()
-                row = self._save(target, message_id, a.index, files.upload(a.name, a.media_type, data))
+                row = self._save(target, message_id, a.index, files.upload(a.name, data))
                 log.info("%s: attachment %s of message %s uploaded as file %s",
                          target, a.index + 1, message_id, row["file_id"])
             if row is not None and not row["url"]:  # uploaded; its link still to be read
@@ -61,7 +61,7 @@ class CrmFiles:
         """After a write: link the message's copies to the entry; the write's result, or
         the error that kept a copy from being linked (the delivery then retries)."""
         files = self.uploaders.get(target)
-        if files is None or not getattr(files, "links_to_record", False):
+        if files is None or not files.links_to_record:
             return result
         if not isinstance(result, Outcome) or result.state != "delivered":
             return result
@@ -96,5 +96,5 @@ class CrmFiles:
         values = dict(target=target, message_id=message_id, idx=idx, file_id=f.file_id,
                       document_id=f.document_id, url=f.url, linked_to=None, created_at=time.time())
         with self.store.write() as conn:
-            conn.execute(crm_files.insert().values(**values))
-        return self.rows(target, message_id)[idx]
+            row_id = conn.execute(crm_files.insert().values(**values)).inserted_primary_key[0]
+        return {"id": row_id, **values}
