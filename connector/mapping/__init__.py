@@ -7,9 +7,7 @@ sandbox.py); HubSpot HTML fields are escaped whatever the template says.
 """
 from __future__ import annotations
 
-import difflib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,11 +122,6 @@ def display_path(p: Path) -> str:
     return str(p) if rel.startswith("..") else rel
 
 
-def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean `{close[0]}`?" if close else ""
-
-
 class _Loader:
     def __init__(self, path: Path, crm: str, time_zone: str):
         self.path, self.crm, self.time_zone = path, crm, time_zone
@@ -205,7 +198,7 @@ class _Loader:
         allowed = (*SECTIONS, *OPTIONS.get(self.crm, ()))
         for key, (k, _) in top.items():
             if key not in allowed:
-                self.at(k, f"unknown setting `{key}`" + _suggest(key, allowed), "warning")
+                self.at(k, f"unknown setting `{key}`" + F.suggest(key, allowed), "warning")
         obj = F.DEFAULT_OBJECT[self.crm]
         if "object" in top:
             node = top["object"][1]
@@ -224,7 +217,7 @@ class _Loader:
             entries_key, entries_node = top["entries"]
             for kind, k, v in self.pairs(entries_node, "entries"):
                 if kind not in KINDS:
-                    self.at(k, f"unknown event kind `{kind}` (use inbound, outbound or status)" + _suggest(kind, KINDS))
+                    self.at(k, f"unknown event kind `{kind}` (use inbound, outbound or status)" + F.suggest(kind, KINDS))
                 elif not isinstance(v, MappingNode):
                     self.at(v, f"entries.{kind} must map CRM fields to values")
                 else:
@@ -249,14 +242,14 @@ class _Loader:
         if self.crm == "hubspot":
             if obj not in F.HUBSPOT_OBJECTS:
                 self.at(node, f"unknown HubSpot object `{obj}`: messages are logged as Communications "
-                        "(`object: communications`)" + _suggest(obj, F.HUBSPOT_OBJECTS[:1]))
+                        "(`object: communications`)" + F.suggest(obj, F.HUBSPOT_OBJECTS[:1]))
             return
         standard = {name.lower(): name for name in F.SALESFORCE_OBJECTS}.get(obj.lower())
         if standard and standard != obj:
             self.at(node, f"unknown Salesforce object `{obj}`; did you mean `{standard}`? (names are case-sensitive)")
         elif not standard and not obj.endswith("__c"):
             self.at(node, f"`{obj}` is neither a standard Salesforce object the connector knows nor a custom "
-                    "object (`__c`): its fields are not checked" + _suggest(obj, F.SALESFORCE_OBJECTS), "warning")
+                    "object (`__c`): its fields are not checked" + F.suggest(obj, F.SALESFORCE_OBJECTS), "warning")
 
     def linked(self, top: dict) -> set[str]:
         """Fields the writer fills with the matched record (Salesforce who_field/what_field)."""
@@ -285,10 +278,10 @@ class _Loader:
                 continue
             unknown = set(spec) - {"type", "max_length", "read_only", "options"}
             for key in sorted(unknown):
-                self.at(v, f"custom_fields.{name}: unknown key `{key}`" + _suggest(key, ["type", "max_length", "read_only", "options"]))
+                self.at(v, f"custom_fields.{name}: unknown key `{key}`" + F.suggest(key, ["type", "max_length", "read_only", "options"]))
             ftype = spec.get("type", F.TEXT)
             if ftype not in F.TYPES:
-                self.at(v, f"custom_fields.{name}: unknown type `{ftype}` (use {', '.join(F.TYPES)})" + _suggest(str(ftype), F.TYPES))
+                self.at(v, f"custom_fields.{name}: unknown type `{ftype}` (use {', '.join(F.TYPES)})" + F.suggest(str(ftype), F.TYPES))
                 continue
             max_length = spec.get("max_length")
             if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
@@ -306,7 +299,7 @@ class _Loader:
         for name, k, v in self.pairs(node, f"entries.{kind}"):
             spec = custom.get(name) or (known or {}).get(name)
             if spec is None and known is not None:
-                hint = "" if name.endswith("__c") else _suggest(name, [*known, *custom])
+                hint = "" if name.endswith("__c") else F.suggest(name, [*known, *custom])
                 self.at(k, f"unknown {label} {obj} field `{name}`" + (hint or "; a custom field must be "
                         f"declared under `custom_fields:` (e.g. `{name}: {{type: text, max_length: 255}}`)"))
                 continue
@@ -368,10 +361,9 @@ class _Loader:
             return None
         try:
             return env.from_string(source)
-        except TemplateSyntaxError as exc:  # e.g. an unknown filter, found when compiling
-            line, col = self.locate(node, exc.lineno or 1, _filter_name(exc.message))
-            hint = _suggest(_filter_name(exc.message), env.filters) if _filter_name(exc.message) else ""
-            self.error(line, col, f"template error: {(exc.message or '').rstrip('.')}{hint}")
+        except TemplateSyntaxError as exc:  # what parsing and the checker let through
+            line, col = self.locate(node, exc.lineno or 1, "")
+            self.error(line, col, f"template error: {(exc.message or '').rstrip('.')}")
             return None
 
     def locate(self, node: ScalarNode, lineno: int, token: str) -> tuple[int, int]:
@@ -409,8 +401,3 @@ def _options_text(node: Node) -> tuple[str, ...]:
         if k.value == "options" and isinstance(v, SequenceNode):
             return tuple(str(o.value) for o in v.value if isinstance(o, ScalarNode))
     return ()
-
-
-def _filter_name(message: str) -> str:
-    m = re.search(r"No filter named '([^']+)'", message or "")
-    return m.group(1) if m else ""

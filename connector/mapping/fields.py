@@ -100,3 +100,10 @@ SALESFORCE_OBJECTS = ("Task", "Event", "Case", "Contact", "Lead", "Account", "Op
 def known_fields(crm: str, obj: str) -> dict[str, Field] | None:
     """The fields of a standard object, or None for an object the connector does not know."""
     return KNOWN_OBJECTS.get((crm, obj))
+
+
+def suggest(name: str, choices) -> str:
+    """"; did you mean `x`?" for the closest of ``choices``, or nothing."""
+    import difflib
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""

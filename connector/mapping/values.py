@@ -5,7 +5,6 @@ same rules, so `check` refuses `ActivityDate: 2026-02-30` and a template renderi
 """
 from __future__ import annotations
 
-import difflib
 import re
 from datetime import date, datetime
 from typing import Any
@@ -58,9 +57,8 @@ def problem(value: Any, spec: F.Field | None, crm: str) -> str | None:
         return (f"`{name}` takes a date and time as ISO 8601 (e.g. 2026-11-20T15:04:00Z"
                 + (" or epoch milliseconds" if crm == "hubspot" else "") + f"), not `{shown}`")
     if spec.type == F.PICKLIST and spec.options and text not in spec.options:
-        close = difflib.get_close_matches(text, spec.options, n=1, cutoff=0.6)
         return (f"`{shown}` is not a value of `{name}` (use {', '.join(spec.options)})"
-                + (f"; did you mean `{close[0]}`?" if close else ""))
+                + F.suggest(text, spec.options))
     return None
 
 

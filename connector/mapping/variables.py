@@ -6,7 +6,6 @@ before a single message is rendered.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -15,6 +14,7 @@ from jinja2 import nodes
 
 from ..events import DELIVERED, INBOUND, OUTBOUND, RECEIVED, Media, MessageEvent
 from ..render import build_context, default_media_views
+from .fields import suggest
 
 ANY = None  # schema of a value whose attributes are not checked (text, numbers, dates)
 JINJA_GLOBALS = {"range", "dict", "cycler", "joiner", "namespace", "loop", "true", "false", "none"}
@@ -103,11 +103,6 @@ class Finding:
     message: str
 
 
-def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean `{close[0]}`?" if close else ""
-
-
 def _has_private(node) -> bool:
     while isinstance(node, (nodes.Getattr, nodes.Getitem)):
         if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
@@ -148,7 +143,7 @@ class _Checker:
         if isinstance(node, nodes.Name) and node.ctx == "load":
             if node.name not in scope and node.name not in self.root and node.name not in JINJA_GLOBALS:
                 self.found.append(Finding(node.lineno, node.name, f"unknown variable `{node.name}`"
-                                          + _suggest(node.name, [*self.root, *scope])))
+                                          + suggest(node.name, [*self.root, *scope])))
             return
         if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
             if not _has_private(node.node):
@@ -162,18 +157,18 @@ class _Checker:
             if isinstance(parent, dict) and isinstance(key, str) and key not in parent:
                 base = _dotted(node.node)
                 self.found.append(Finding(node.lineno, key, f"unknown variable `{base}.{key}`"
-                                          + _suggest(key, parent).replace("`", f"`{base}.", 1)))
+                                          + suggest(key, parent).replace("`", f"`{base}.", 1)))
         # Jinja looks up a filter in an {% if %} branch only when the branch runs: check all now.
         for kind, known in ((nodes.Filter, self.filters), (nodes.Test, self.tests)):
             if isinstance(node, kind) and node.name not in known:
                 what = "filter" if kind is nodes.Filter else "test"
                 self.found.append(Finding(node.lineno, node.name, f"unknown {what} `{node.name}`"
-                                          + _suggest(node.name, known)))
+                                          + suggest(node.name, known)))
         if isinstance(node, nodes.Filter) and node.name == "phone" and node.args:
             arg = node.args[0]
             if isinstance(arg, nodes.Const) and arg.value not in (*_phone_formats(), "digits"):
                 self.found.append(Finding(node.lineno, str(arg.value), f"phone: unknown format `{arg.value}`"
-                                          + _suggest(str(arg.value), [*_phone_formats(), "digits"])))
+                                          + suggest(str(arg.value), [*_phone_formats(), "digits"])))
         if isinstance(node, nodes.For):
             if node.recursive:
                 self.found.append(Finding(node.lineno, "recursive", "recursive loops are not allowed"))
