@@ -14,7 +14,7 @@ from pathlib import Path
 import filetype
 
 from .config import CarrierProfile, OutboundConfig
-from .fetch import FetchError, FetchPolicy, fetch
+from .fetch import HEAD_BYTES, FetchError, FetchPolicy, fetch
 from .phones import region_of, to_e164
 
 TOO_MANY = "You can only upload up to {n} files. Please remove some files and try again"
@@ -162,39 +162,37 @@ def _read_file(att: Attachment, cap: int) -> None:
         att.load_error = f"cannot read {att.source}: {exc.strerror or exc}"
         return
     if len(data) > cap:
-        att.too_large, att.head, att.cap = True, data[:4096], cap
+        att.too_large, att.head, att.cap = True, data[:HEAD_BYTES], cap
         att.load_error = f"too_large: {att.source} is more than {cap} bytes"
     else:
         att.content = data
 
 
+def size_limit(fmt: str | None, profile: CarrierProfile) -> int:
+    """The per-file limit of a format (PDF or image); the largest when it is not known."""
+    if fmt is None:
+        return max(profile.image_max_bytes, profile.pdf_max_bytes)
+    return profile.pdf_max_bytes if fmt == "pdf" else profile.image_max_bytes
+
+
 def check_attachment(i: int, att: Attachment, profile: CarrierProfile) -> AttachmentCheck:
-    """Format and per-file size of one loaded attachment (not count or total)."""
-    if att.content is None:
-        if att.too_large:
-            # Judged by its first bytes: a 6 MB PDF is told the PDF limit, a video the formats.
-            detected = detect_type(att.head)
-            fmt = next((f for f, mime in MIME.items() if detected == mime), None)
-            if att.head and (fmt is None or fmt not in profile.formats):
-                return AttachmentCheck(i, att.source, False, format=fmt, error=format_error(profile.formats),
-                                       detail=f"content is {detected or 'unrecognized content'}")
-            if fmt is None:  # nothing read to judge by: the largest limit
-                limit = max(profile.image_max_bytes, profile.pdf_max_bytes)
-            else:
-                limit = profile.pdf_max_bytes if fmt == "pdf" else profile.image_max_bytes
-            limit = min(limit, att.cap or limit)  # fetch.max_bytes may be lower
-            return AttachmentCheck(i, att.source, False, format=fmt,
-                                   error=FILE_TOO_LARGE.format(limit=format_limit(limit)),
-                                   detail=att.load_error)
+    """Format and per-file size of one loaded attachment (not count or total). A file past
+    the download cap is judged by its first bytes: a 6 MB PDF is told the PDF limit, a
+    video the format rule."""
+    if att.content is None and not att.too_large:
         return AttachmentCheck(i, att.source, False, error=UNKNOWN, detail=att.load_error or None)
-    size = len(att.content)
-    detected = detect_type(att.content)
+    sample = att.content if att.content is not None else att.head
+    detected = detect_type(sample)
     fmt = next((f for f, mime in MIME.items() if detected == mime), None)
-    if fmt is None or fmt not in profile.formats:
-        seen = detected or "unrecognized content"
-        return AttachmentCheck(i, att.source, False, format=fmt, size=size,
-                               error=format_error(profile.formats), detail=f"content is {seen}")
-    limit = profile.pdf_max_bytes if fmt == "pdf" else profile.image_max_bytes
+    size = None if att.content is None else len(att.content)
+    if (att.content is not None or sample) and (fmt is None or fmt not in profile.formats):
+        return AttachmentCheck(i, att.source, False, format=fmt, size=size, error=format_error(profile.formats),
+                               detail=f"content is {detected or 'unrecognized content'}")
+    limit = size_limit(fmt, profile)
+    if att.content is None:
+        limit = min(limit, att.cap or limit)  # fetch.max_bytes may be lower
+        return AttachmentCheck(i, att.source, False, format=fmt,
+                               error=FILE_TOO_LARGE.format(limit=format_limit(limit)), detail=att.load_error)
     if size > limit:
         return AttachmentCheck(i, att.source, False, format=fmt, size=size,
                                error=FILE_TOO_LARGE.format(limit=format_limit(limit)))

@@ -58,7 +58,7 @@ def classify(data: bytes, declared_type: str, profile: CarrierProfile) -> Verdic
     if check.format is None or check.format not in profile.formats:
         shown = detected or declared_type or "unknown type"
         return Verdict(MEDIA_UNSUPPORTED, detected, f"unsupported format ({shown})")
-    limit = profile.pdf_max_bytes if check.format == "pdf" else profile.image_max_bytes
+    limit = mms.size_limit(check.format, profile)
     return Verdict(MEDIA_TOO_LARGE, detected,
                    f"too large ({mms.format_limit(len(data))}; the limit is {mms.format_limit(limit)})")
 
