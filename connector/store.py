@@ -597,13 +597,15 @@ class Store:
                 media.c.state == MEDIA_FETCHING, media.c.lease_owner == owner).values(lease_until=0))
 
     def media_expired(self, now: float | None = None, limit: int = 500,
-                      retention: float | None = None) -> list[dict]:
+                      retention: float | None = None, exclude: Iterable[int] = ()) -> list[dict]:
         """Stored files whose retention ran out: the one they were fetched under, or
-        ``retention`` seconds, if that is shorter now."""
+        ``retention`` seconds, if that is shorter now (rows in ``exclude`` left out)."""
         now = now or time.time()
         due = media.c.expires_at <= now
         if retention is not None:
             due = or_(due, media.c.fetched_at <= now - retention)
+        if exclude:
+            due = and_(due, media.c.id.not_in(list(exclude)))
         with self.read() as conn:
             rows = conn.execute(select(media).where(media.c.state == MEDIA_AVAILABLE, due)
                                 .order_by(media.c.expires_at).limit(limit)).fetchall()

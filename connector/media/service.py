@@ -69,17 +69,25 @@ class MediaService:
     # -- the pipeline's hook ---------------------------------------------------------
     def __call__(self, event: MessageEvent, _delivery=None) -> tuple[list[MediaView], str]:
         """Fetch (once) and describe the message's media: (views, download-all link)."""
+        _, views, link = self.collected(event)
+        return views, link
+
+    def collected(self, event: MessageEvent) -> tuple[list[Attachment], list[MediaView], str]:
+        """Fetch (once) the message's media: its attachments, their views (in the same
+        order) and the download-all link."""
         if not event.media:
-            return [], ""
+            return [], [], ""
         self.collector.collect(event.message_id, event.media,
                                mms.profile_for(self.config.outbound, event.line))
-        return self.views(event.message_id)
+        attachments = self.attachments(event.message_id)
+        return (attachments, *self.views(event.message_id, attachments=attachments))
 
-    def views(self, message_id: str, now: float | None = None) -> tuple[list[MediaView], str]:
+    def views(self, message_id: str, now: float | None = None,
+              attachments: list[Attachment] | None = None) -> tuple[list[MediaView], str]:
         now = now or time.time()
         views: list[MediaView] = []
         expiries = []
-        for a in self.attachments(message_id):
+        for a in attachments if attachments is not None else self.attachments(message_id):
             view = MediaView(name=a.name, type=a.media_type, link="", size=a.size)
             if a.servable(now):
                 view.link = self.signer.url(a.message_id, a.index, a.expires_at)
@@ -152,8 +160,8 @@ class MediaService:
         count = freed = 0
         failed: set[int] = set()  # kept for the next purge; the others go on meanwhile
         while True:
-            rows = [r for r in self.store.media_expired(now, retention=self.config.media.retention_days * DAY,
-                                                        limit=500 + len(failed)) if r["id"] not in failed]
+            rows = self.store.media_expired(now, retention=self.config.media.retention_days * DAY,
+                                            exclude=failed)
             if not rows:
                 break
             for r in rows:

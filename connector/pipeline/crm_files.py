@@ -33,15 +33,12 @@ class CrmFiles:
 
     def __call__(self, event, delivery=None):
         """The pipeline's media hook: (views, download-all link), links to the CRM's copies."""
-        views, download_all = self.media(event, delivery)
+        attachments, views, download_all = self.media.collected(event)
         files = self.uploaders.get(getattr(delivery, "target", None))
         if files is None or not views:
             return views, download_all
         target, message_id = delivery.target, event.message_id
         kept = self.rows(target, message_id)
-        attachments = self.media.attachments(message_id)
-        if len(attachments) != len(views):  # views() describes attachments(), in order
-            raise RuntimeError(f"message {message_id}: media changed while it was read")
         now = time.time()
         for a, view in zip(attachments, views):
             row = kept.get(a.index)
