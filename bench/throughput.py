@@ -1,6 +1,6 @@
 """Ingest throughput, acknowledgement latency, CRM calls and drain time, side by side.
 
-Everything runs on loopback, bounded in time (about three minutes with the defaults):
+Everything runs on loopback, bounded in time (about five minutes with the defaults):
 
 1. ingest: authenticated Aircall MMS webhooks per second (each with its own message id,
    each committed before its 200, logging at its shipped default) under README's
@@ -22,7 +22,7 @@ Everything runs on loopback, bounded in time (about three minutes with the defau
 4. time to drain 1,000 events through real workers into a fake HubSpot that answers in
    100 ms and enforces 100 requests per rolling 10 s (bench/drain.py).
 
-    python bench/throughput.py [--duration 6] [--rounds 3] [--rate 200] [--gunicorn "-w 2 --threads 8 --worker-tmp-dir /dev/shm"]
+    python bench/throughput.py [--duration 6] [--rounds 5] [--rate 200] [--gunicorn "-w 2 --threads 8 --worker-tmp-dir /dev/shm"]
                                [--log-level INFO] [--skip ingest,latency,calls,drain]
 """
 from __future__ import annotations
@@ -157,7 +157,7 @@ def wrk_run(port: int, duration: float, workdir: Path) -> dict:
 def python_load(port: int, duration: float, workdir: Path) -> dict:
     """Closed-loop threaded client, for machines without wrk."""
     template = body_template()
-    run = uuid.uuid4().hex[:8]
+    run_id = uuid.uuid4().hex[:8]
     stop = time.monotonic() + duration
     counts = [0] * 16
     bad = [0] * 16
@@ -166,7 +166,7 @@ def python_load(port: int, duration: float, workdir: Path) -> dict:
         n = 0
         while time.monotonic() < stop:
             n += 1
-            status, _ = post(port, template.replace("__ID__", f"p{run}-{i}-{n}").encode())
+            status, _ = post(port, template.replace("__ID__", f"p{run_id}-{i}-{n}").encode())
             counts[i] += 1
             bad[i] += status != 200
 
@@ -253,8 +253,33 @@ def stored_count(store_url: str) -> int:
         s.engine.dispose()
 
 
+def busy_fraction(seconds: float) -> float | None:
+    """Share of the machine's CPU time spent busy over ``seconds`` (Linux /proc/stat)."""
+    def sample():
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def quiet(limit: float = 30) -> None:
+    """Wait (up to ``limit`` seconds) until the machine is idle: after a PostgreSQL run its
+    autovacuum and checkpoint go on for seconds, and would land in the next server's turn."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        busy = busy_fraction(0.5)
+        if busy is None or busy < 0.1:
+            return
+
+
 def measured(server: Gunicorn, load, duration: float, workdir: Path) -> dict:
     """The load's figures plus the web processes' CPU per request (ms), where readable."""
+    quiet()
     before = server.cpu_seconds()
     r = load(server.port, duration, workdir)
     after = server.cpu_seconds()
@@ -395,7 +420,7 @@ def crm_calls() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=6, help="seconds of load per ingest run")
-    ap.add_argument("--rounds", type=int, default=3, help="ingest rounds (bare app, then each store)")
+    ap.add_argument("--rounds", type=int, default=5, help="ingest rounds (bare app, then each store)")
     ap.add_argument("--rate", type=float, default=200, help="requests/s for the latency run")
     ap.add_argument("--latency-seconds", type=float, default=10)
     ap.add_argument("--skip", default="", help="comma-separated: ingest,latency,calls,drain")
