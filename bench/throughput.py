@@ -268,8 +268,12 @@ def busy_fraction(seconds: float) -> float | None:
 
 
 def quiet(limit: float = 30) -> None:
-    """Wait (up to ``limit`` seconds) until the machine is idle: after a PostgreSQL run its
-    autovacuum and checkpoint go on for seconds, and would land in the next server's turn."""
+    """Write out what earlier turns left in the page cache, then wait (up to ``limit``
+    seconds) until the machine is idle: the kernel writes dirty pages back some 30 s
+    later, and PostgreSQL's autovacuum and checkpoint go on for seconds after a burst;
+    either would land in a later server's turn."""
+    if hasattr(os, "sync"):
+        os.sync()
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         busy = busy_fraction(0.5)
@@ -288,57 +292,67 @@ def measured(server: Gunicorn, load, duration: float, workdir: Path) -> dict:
 
 
 def ingest(duration: float, rounds: int, workdir: Path) -> None:
-    """Every server runs side by side, idle but for its turn; each round loads the bare
-    app, then each connector, in turn, so a slow spell of a shared machine lands on
-    one round of all of them rather than on one of them; ratios are per round."""
+    """Per store, its reference handler and the connector against bare Flask: every server
+    runs side by side, idle but for its turn, and each round loads each in turn, so a slow
+    spell of a shared machine lands on one round of all of them rather than on one of them;
+    ratios are per round. The embedded store goes first, on its own: PostgreSQL's work
+    after a burst (autovacuum, checkpoints) would otherwise land in its turns."""
     load = wrk_run if shutil.which("wrk") else python_load
     tool = "wrk -t2 -c16" if shutil.which("wrk") else "Python client, 16 threads"
     print(f"\n1. Ingest: gunicorn {' '.join(Gunicorn.args)}, {rounds} rounds of {duration:.0f} s each, "
           f"load from {tool}")
-    # (label, server, count of stored rows or None, reference label or None)
-    servers: list[tuple[str, Gunicorn, object, str | None]] = []
+    bare = Gunicorn("bare_app:app", {})
     try:
-        servers.append(("bare Flask return 200", Gunicorn("bare_app:app", {}), None, None))
         for label, store_url, queue_url in stores(workdir, "ingest"):
             import reference_app
             ref_url = f"sqlite:///{workdir}/reference.db" if store_url.startswith("sqlite") else store_url
             reference_app.create_table(ref_url)
-            ref = "reference handler, " + label.split(": ", 1)[1].split(" +")[0]
-            servers.append((ref, Gunicorn("reference_app:app", {"REFERENCE_STORE_URL": ref_url}),
-                            lambda url=ref_url: reference_app.stored(url), None))
-            servers.append(("connector, " + label,
-                            Gunicorn("connector.web.wsgi:app", connector_env(workdir, store_url, queue_url)),
-                            lambda url=store_url: stored_count(url), ref))
-        runs: dict[str, list[dict]] = {label: [] for label, *_ in servers}
-        for _ in range(rounds):
-            for label, server, *_ in servers:
-                runs[label].append(measured(server, load, duration, workdir))
-        base = runs[servers[0][0]]
-        for label, server, count, ref in servers:
-            rs = runs[label]
-            rps = [r["rps"] for r in rs]
-            line = f"  {label:<50}{statistics.median(rps):>9.0f} req/s"
-            if count is not None:
-                ratios = [r["rps"] / b["rps"] for r, b in zip(rs, base)]
-                line += f"   ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-                if ref is not None:
-                    line += f" = {statistics.median(r['rps'] / x['rps'] for r, x in zip(rs, runs[ref])):.2f} of the reference's"
-                acked = sum(r["requests"] - r["non2xx"] for r in rs)
-                bad = sum(r["non2xx"] for r in rs)
-                errors = "; ".join(r["socket_errors"] for r in rs if r["socket_errors"])
-                line += (f"   acknowledged {acked}, stored {count()}, non-2xx {bad}"
-                         + (f", socket errors: {errors}" if errors else ""))
-            cpu = [r["cpu_ms"] for r in rs if r.get("cpu_ms") is not None]
-            print(line + (f"   CPU {statistics.median(cpu):.2f} ms/request" if cpu else ""))
+            # (label, server, count of stored rows or None, reference label or None)
+            servers: list[tuple[str, Gunicorn, object, str | None]] = [("bare Flask return 200", bare, None, None)]
+            try:
+                ref = "reference handler, " + label.split(": ", 1)[1].split(" +")[0]
+                servers.append((ref, Gunicorn("reference_app:app", {"REFERENCE_STORE_URL": ref_url}),
+                                lambda url=ref_url: reference_app.stored(url), None))
+                servers.append(("connector, " + label,
+                                Gunicorn("connector.web.wsgi:app", connector_env(workdir, store_url, queue_url)),
+                                lambda url=store_url: stored_count(url), ref))
+                runs: dict[str, list[dict]] = {name: [] for name, *_ in servers}
+                for _ in range(rounds):
+                    for name, server, *_ in servers:
+                        runs[name].append(measured(server, load, duration, workdir))
+                print(f"  {label}")
+                report(servers, runs)
+            finally:
+                for _, server, *_ in servers[1:]:
+                    server.stop()
     finally:
-        for _, server, *_ in servers:
-            server.stop()
+        bare.stop()
     print("  goal: ratio >= 0.6 (median of the rounds, range in brackets; req/s and CPU are medians.\n"
           "  The reference handler (bench/reference_app.py) only checks the token and commits the\n"
           "  payload as one row per request: what committing alone costs on this machine.\n"
           "  CPU: the web processes' user + system time per request; the load generator, and\n"
           "  PostgreSQL when used, share the same cores. Stored counts every acknowledged event\n"
           "  plus the few wrk cut off after they were committed)")
+
+
+def report(servers: list, runs: dict[str, list[dict]]) -> None:
+    base = runs[servers[0][0]]
+    for label, server, count, ref in servers:
+        rs = runs[label]
+        rps = [r["rps"] for r in rs]
+        line = f"    {label:<48}{statistics.median(rps):>9.0f} req/s"
+        if count is not None:
+            ratios = [r["rps"] / b["rps"] for r, b in zip(rs, base)]
+            line += f"   ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            if ref is not None:
+                line += f" = {statistics.median(r['rps'] / x['rps'] for r, x in zip(rs, runs[ref])):.2f} of the reference's"
+            acked = sum(r["requests"] - r["non2xx"] for r in rs)
+            bad = sum(r["non2xx"] for r in rs)
+            errors = "; ".join(r["socket_errors"] for r in rs if r["socket_errors"])
+            line += (f"   acknowledged {acked}, stored {count()}, non-2xx {bad}"
+                     + (f", socket errors: {errors}" if errors else ""))
+        cpu = [r["cpu_ms"] for r in rs if r.get("cpu_ms") is not None]
+        print(line + (f"   CPU {statistics.median(cpu):.2f} ms/request" if cpu else ""))
 
 
 # -- 2. latency at a fixed rate ---------------------------------------------------------

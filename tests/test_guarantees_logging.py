@@ -104,7 +104,7 @@ def test_real_traffic_logs_no_secret(tmp_path, json_lines):
     for name, secret in SECRETS.items():
         assert secret not in text, f"{name} leaked into the log"
     assert PRESIGNED not in text  # presigned media links keep their path, lose their signature
-    assert "stored as event" in text and "abdcSM77mms0001" in text  # decisions carry the ids
+    assert "stored aircall message.received message abdcSM77mms0001 as event 1" in text  # decisions carry the ids
     assert "delivery 1 message abdcSM77mms0001 hubspot: dry-run" in text
     assert "rejected: missing or wrong token" in text
     if json_lines:

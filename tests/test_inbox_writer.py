@@ -258,3 +258,20 @@ def test_the_commit_delay_comes_from_config_and_a_bad_one_names_the_key(tmp_path
         load_config(data=base_config(tmp_path, store={"commit_delay": 1}))
     assert any(e.startswith("store.commit_delay: Input should be less than or equal to 0.05")
                for e in exc.value.errors), exc.value.errors
+
+
+def test_one_log_line_per_transaction_names_every_event_stored(store, caplog):
+    w = writer(store)
+    ingest(store, "before")  # a first event of its own: the duplicate below is one
+    caplog.clear()
+    with caplog.at_level("INFO", logger="connector.webhooks"):
+        results, errors = queued_while_locked(store, [("l1", "aircall"), ("before", "aircall"), ("l2", "aircall")])
+        ingest(store, "alone")
+    assert not errors and results["before"] is None
+    batch, alone = [r.getMessage() for r in caplog.records if r.name == "connector.webhooks"]
+    head, _, events = batch.partition(": ")
+    assert head == "stored 2 events"  # the duplicate is not among them
+    assert sorted(events.split("; ")) == [f"aircall message.received message {m} as event {results[m]}"
+                                          for m in ("l1", "l2")]
+    assert alone == f"stored aircall message.received message alone as event {max(results['l1'], results['l2']) + 1}"
+    assert w._queue == []
