@@ -229,6 +229,12 @@ def sf_rt(make_runtime, provider, tmp_path):
     return make
 
 
+# Salesforce answers a query with each record's attributes and its 18-character Id.
+DOCUMENTS = {"totalSize": 2, "done": True, "records": [
+    {"attributes": {"type": "ContentVersion", "url": f"/services/data/v59.0/sobjects/ContentVersion/068VERSION{n:08d}"},
+     "Id": f"068VERSION{n:08d}", "ContentDocumentId": f"069DOCUMENT{n:07d}"} for n in (2, 1)]}
+
+
 def sf_org(rsps, links: list[dict]) -> None:
     """Login, the contact, two ContentVersions and their documents, the Task upsert and
     the answers to the ContentDocumentLink collections (in turn)."""
@@ -237,8 +243,7 @@ def sf_org(rsps, links: list[dict]) -> None:
     for n in (1, 2):
         rsps.add(responses.POST, f"{API}/sobjects/ContentVersion/", status=201,
                  json={"id": f"068VERSION{n:08d}", "success": True, "errors": []})
-        rsps.add(responses.GET, f"{API}/query/",
-                 json={"totalSize": 1, "done": True, "records": [{"ContentDocumentId": f"069DOCUMENT{n:07d}"}]})
+    rsps.add(responses.GET, f"{API}/query/", json=DOCUMENTS)
     rsps.add(responses.PATCH, UPSERT, status=201, json={"id": "00TTASK00000000001", "success": True})
     for answer in links:
         rsps.add(responses.POST, f"{API}/composite/sobjects", json=answer)
@@ -258,8 +263,8 @@ def test_salesforce_files_are_uploaded_then_linked_to_the_task_that_links_to_the
         {"Title": "front", "PathOnClient": "front.png", "VersionData": base64.b64encode(PNG).decode()},
         {"Title": "quote", "PathOnClient": "quote.pdf", "VersionData": base64.b64encode(PDF).decode()}]
     queries = [c.request.params["q"] for c in calls_to(rsps, "GET", "/query/")]
-    assert queries == ["SELECT ContentDocumentId FROM ContentVersion WHERE Id = '068VERSION00000001'",
-                       "SELECT ContentDocumentId FROM ContentVersion WHERE Id = '068VERSION00000002'"]
+    assert queries == ["SELECT Id, ContentDocumentId FROM ContentVersion"
+                       " WHERE Id IN ('068VERSION00000001', '068VERSION00000002')"]  # one for both
     desc = body_of(calls_to(rsps, "PATCH", "/sobjects/Task/")[0])["Description"]
     assert f"- front.png: {INSTANCE}/lightning/r/ContentDocument/069DOCUMENT0000001/view" in desc
     assert f"- quote.pdf: {INSTANCE}/lightning/r/ContentDocument/069DOCUMENT0000002/view" in desc
@@ -324,19 +329,33 @@ def test_salesforce_document_read_back_that_fails_never_uploads_the_file_again(s
     for _ in range(rt.config.salesforce.call_retries):  # the read-back hits a Salesforce hiccup
         rsps.add(responses.GET, f"{API}/query/", status=503,
                  json=[{"errorCode": "SERVER_UNAVAILABLE", "message": "busy"}])
-    for n in (1, 2):
-        rsps.add(responses.GET, f"{API}/query/",
-                 json={"totalSize": 1, "done": True, "records": [{"ContentDocumentId": f"069DOCUMENT{n:07d}"}]})
+    # Then the second version has no document yet: the first is kept, the second read again.
+    rsps.add(responses.GET, f"{API}/query/", json={**DOCUMENTS, "records": DOCUMENTS["records"][1:]})
+    rsps.add(responses.GET, f"{API}/query/", json={**DOCUMENTS, "records": DOCUMENTS["records"][:1]})
     rsps.add(responses.PATCH, UPSERT, status=201, json={"id": "00TTASK00000000001", "success": True})
     rsps.add(responses.POST, f"{API}/composite/sobjects", json=[{"id": "06AL1", **OK}, {"id": "06AL2", **OK}])
     post(rt, with_media(provider, "message_sent"))
     rt.worker().run_once()
     assert delivery_states(rt) == [RETRYING]
-    assert kept(rt) == [("salesforce", 0, "068VERSION00000001", None, None)]  # kept before the read-back
+    assert kept(rt) == [("salesforce", 0, "068VERSION00000001", None, None),  # kept before the read-back
+                        ("salesforce", 1, "068VERSION00000002", None, None)]
+
+    due_now(rt)
+    rt.worker().run_once()
+    assert delivery_states(rt) == [RETRYING]
+    with rt.store.engine.connect() as conn:
+        assert "no document yet for uploaded file(s) 068VERSION00000002" in conn.execute(
+            select(deliveries.c.last_error)).scalar()
+    assert [(r[2], r[3]) for r in kept(rt)] == [("068VERSION00000001", "069DOCUMENT0000001"),
+                                               ("068VERSION00000002", None)]
+    assert not calls_to(rsps, "PATCH", "/sobjects/Task/")  # no entry before its links are known
 
     due_now(rt)
     rt.worker().run_once()
     assert delivery_states(rt) == [DELIVERED]
     assert len(calls_to(rsps, "POST", "/sobjects/ContentVersion/")) == 2  # one per attachment
+    # The last read asks only for the version still without its document.
+    assert calls_to(rsps, "GET", "/query/")[-1].request.params["q"] == (
+        "SELECT Id, ContentDocumentId FROM ContentVersion WHERE Id IN ('068VERSION00000002')")
     assert [(r[2], r[3]) for r in kept(rt)] == [("068VERSION00000001", "069DOCUMENT0000001"),
                                                ("068VERSION00000002", "069DOCUMENT0000002")]

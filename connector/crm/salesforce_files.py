@@ -1,7 +1,7 @@
 """Attachments copied into Salesforce Files (``salesforce.attachments: crm-files``).
 
 Salesforce's documented route: create a ContentVersion (the bytes, base64 in JSON), read
-its ContentDocumentId, then link the document to the entry with a ContentDocumentLink
+its ContentDocumentId (one query for all of a message's versions), then link the document to the entry with a ContentDocumentLink
 (``LinkedEntityId`` = the Task or mapped record; ShareType V, viewers; Visibility per
 ``salesforce.files_visibility``). The upload happens before the entry is written, so the
 entry can link to the file; the link to the record is made once the record's id is known
@@ -42,15 +42,24 @@ class SalesforceFiles:
             raise TransientError(f"Salesforce created no ContentVersion for {name}: {answer!r:.200}")
         return CrmFile(file_id=version_id, url="")
 
-    def complete(self, version_id: str) -> CrmFile:
-        """The version's ContentDocument, and the link to it."""
+    def complete(self, version_ids: list[str]) -> dict[str, CrmFile]:
+        """The versions' ContentDocuments, and the links to them, in one query: {version id:
+        file} for each version Salesforce has made its document for."""
+        ids = [v for v in version_ids if SF_ID.match(v)]
+        if not ids:
+            return {}
+        listed = ", ".join(f"'{v}'" for v in ids)  # ids only: letters and digits
         rows = (self.client.call("query/", params={
-            "q": f"SELECT ContentDocumentId FROM ContentVersion WHERE Id = '{version_id}'"}) or {}).get("records")
-        document_id = str((rows or [{}])[0].get("ContentDocumentId") or "")
-        if not SF_ID.match(document_id):
-            raise TransientError(f"Salesforce ContentVersion {version_id} has no ContentDocumentId yet")
-        return CrmFile(file_id=version_id, document_id=document_id,
-                       url=f"{self.instance_url()}/lightning/r/ContentDocument/{document_id}/view")
+            "q": f"SELECT Id, ContentDocumentId FROM ContentVersion WHERE Id IN ({listed})"}) or {}).get("records")
+        documents = {}
+        for r in rows or []:
+            if isinstance(r, dict):
+                found, document = str(r.get("Id") or ""), str(r.get("ContentDocumentId") or "")
+                documents[found] = document
+                documents.setdefault(found[:15], document)  # a 15-character id kept earlier
+        base = self.instance_url()
+        return {v: CrmFile(file_id=v, document_id=d, url=f"{base}/lightning/r/ContentDocument/{d}/view")
+                for v in ids if SF_ID.match(d := documents.get(v, ""))}
 
     def instance_url(self) -> str:
         return self.client.salesforce().base_url.split("/services/data/")[0].rstrip("/")

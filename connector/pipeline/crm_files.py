@@ -19,7 +19,7 @@ import time
 
 from sqlalchemy import select, update
 
-from ..crm.base import CrmFile, Outcome
+from ..crm.base import CrmFile, Outcome, TransientError
 from ..store import Store, crm_files
 
 log = logging.getLogger("connector.crm_files")
@@ -40,16 +40,24 @@ class CrmFiles:
         target, message_id = delivery.target, event.message_id
         kept = self.rows(target, message_id)
         now = time.time()
-        for a, view in zip(attachments, views):
-            row = kept.get(a.index)
-            if row is None and self.media.present(a, now):
+        for a in attachments:
+            if a.index not in kept and self.media.present(a, now):
                 with self.media.storage.open(a.key) as fh:
                     data = fh.read()
-                row = self._save(target, message_id, a.index, files.upload(a.name, data))
+                kept[a.index] = self._save(target, message_id, a.index, files.upload(a.name, data))
                 log.info("%s: attachment %s of message %s uploaded as file %s",
-                         target, a.index + 1, message_id, row["file_id"])
-            if row is not None and not row["url"]:  # uploaded; its link still to be read
-                row = self._complete(row, files.complete(row["file_id"]))
+                         target, a.index + 1, message_id, kept[a.index]["file_id"])
+        unread = [row for row in kept.values() if not row["url"]]  # uploaded; links still to be read
+        if unread:
+            read = files.complete([row["file_id"] for row in unread])
+            for row in unread:
+                if row["file_id"] in read:
+                    kept[row["idx"]] = self._complete(row, read[row["file_id"]])
+            missing = [row["file_id"] for row in unread if row["file_id"] not in read]
+            if missing:
+                raise TransientError(f"{target} has no document yet for uploaded file(s) {', '.join(missing)}")
+        for a, view in zip(attachments, views):
+            row = kept.get(a.index)
             if row is not None:
                 view.link, view.available, view.reason = row["url"], True, ""
         return views, download_all
