@@ -66,13 +66,31 @@ def test_a_body_within_the_limit_is_stored_and_one_over_it_is_413(make_runtime, 
     assert stored(rt) == 1
 
 
-def test_other_methods_are_405_naming_post(client, runtime):
+def test_other_methods_are_405_naming_post_and_options_is_answered(client, runtime):
     r = client.put(HOOK, json=aircall_payload("sms_received"))
-    assert r.status_code == 405 and r.headers["Allow"] == "POST" and r.get_json()["status"] == 405
+    assert r.status_code == 405 and r.headers["Allow"] == "OPTIONS, POST" and r.get_json()["status"] == 405
+    r = client.head(HOOK)
+    assert r.status_code == 405 and r.data == b""  # no body after a HEAD's headers
+    r = client.options(HOOK)
+    assert r.status_code == 200 and r.headers["Allow"] == "OPTIONS, POST" and r.data == b""
     assert stored(runtime) == 0
+    assert value(scrape(client), "mms_connector_webhooks_total", endpoint=HOOK, result="accepted") == 1
     # Flask's routes are untouched: a near miss is Flask's JSON 404.
     r = client.post(HOOK + "/", json=aircall_payload("sms_received"))
     assert r.status_code == 404 and r.is_json
+
+
+@pytest.mark.parametrize("path", ["//webhooks/aircall", "/webhooks//aircall", "///webhooks/aircall"])
+def test_a_webhook_url_typed_with_a_doubled_slash_is_stored(make_runtime, path):
+    # A base URL ending in "/" plus the path: Flask's router takes repeated slashes as one.
+    rt = make_runtime()
+    app = create_app(rt.config, rt)
+    environ = EnvironBuilder(path=HOOK, method="POST", json=aircall_payload("sms_received")).get_environ()
+    environ["PATH_INFO"] = path
+    answer = {}
+    body = b"".join(app(environ, lambda status, headers, exc=None: answer.update(status=status)))
+    assert answer["status"] == "200 OK" and json.loads(body)["status"] == "stored"
+    assert stored(rt) == 1
 
 
 def test_a_store_that_fails_answers_500_logs_why_and_counts_an_error(make_runtime, caplog):
@@ -124,8 +142,14 @@ def test_under_gunicorn_chunked_bodies_and_lengths_are_read_as_sent(tmp_path):
             answer = b"".join(iter(lambda: s.recv(65536), b""))  # to the server's close
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
         assert b"body is not valid JSON" in answer
+        # A doubled slash (gunicorn keeps it in PATH_INFO) is the same route.
+        second = aircall_payload("sms_received")
+        r = requests.post(f"{base}//webhooks/aircall", json=second, timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "stored", r.text
+        r = requests.head(base + HOOK, timeout=10)
+        assert r.status_code == 405 and r.headers["Allow"] == "OPTIONS, POST"
         r = requests.get(base + "/metrics", timeout=10)
-        assert 'mms_connector_webhooks_total{endpoint="/webhooks/aircall",result="stored"} 1.0' in r.text
+        assert 'mms_connector_webhooks_total{endpoint="/webhooks/aircall",result="stored"} 2.0' in r.text
         assert 'mms_connector_webhooks_total{endpoint="/webhooks/aircall",result="too_large"} 1.0' in r.text
     finally:
         stop(proc)
@@ -133,10 +157,11 @@ def test_under_gunicorn_chunked_bodies_and_lengths_are_read_as_sent(tmp_path):
     store = Store(data["store"]["url"])
     try:
         with store.engine.connect() as conn:
-            assert conn.execute(select(inbox.c.message_id)).scalars().all() == ["abdcSM77mms0001"]
+            assert sorted(conn.execute(select(inbox.c.message_id)).scalars()) == ["abdcSM11da5f0b1", "abdcSM77mms0001"]
     finally:
         store.engine.dispose()
-    assert "Traceback" not in (tmp_path / "gunicorn.log").read_text()
+    text = (tmp_path / "gunicorn.log").read_text()
+    assert "Traceback" not in text and "body bytes on a no-body response" not in text
 
 
 def _up(base: str) -> bool:

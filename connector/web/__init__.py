@@ -33,7 +33,7 @@ def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
         environ[RECEIVED_AT] = time.perf_counter()  # for the acknowledgement latency histogram
         rt.request_started()  # workers running in this process give way meanwhile
         try:
-            if environ.get("PATH_INFO") == webhooks.PATH:
+            if aircall_hook.serves(environ.get("PATH_INFO", "")):
                 return aircall_hook(environ, start_response)
             return flask_app(environ, start_response)
         finally:

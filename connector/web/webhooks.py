@@ -9,12 +9,14 @@ Under a burst the web processes spend their CPU here, and Flask's per-request ma
 (request context, URL routing, request and response objects, hooks) cost more of it
 than the webhook's own work: with it, a web process acknowledged about 0.4 as many
 webhooks per second as a bare Flask "return 200" (bench/throughput.py); this handler
-does what the Flask view did, answer for answer, metric for metric, log line for line.
+does what the Flask view did, answer for answer and metric for metric; a store failure
+is a 500 that says the event was not stored, logged with its traceback.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 from ..providers import aircall
@@ -45,11 +47,23 @@ class AircallWebhook:
         self.max_body = max_body_bytes
         self.received_at_key = received_at_key
 
+    @staticmethod
+    def serves(path: str) -> bool:
+        """Whether ``path`` (PATH_INFO) is this route, spelled as Flask's router takes it:
+        repeated slashes are one (a webhook URL typed as ``https://host//webhooks/aircall``)."""
+        return path == PATH or ("//" in path and re.sub("/{2,}", "/", path) == PATH)
+
     def __call__(self, environ, start_response):
-        if environ.get("REQUEST_METHOD") != "POST":
+        method = environ.get("REQUEST_METHOD")
+        if method == "OPTIONS":  # as Flask answers it for a route, counted as accepted
+            self._count(environ, "accepted")
+            start_response("200 OK", [("Allow", "OPTIONS, POST"), ("Content-Length", "0")])
+            return []
+        if method != "POST":
             # Not counted as inbound traffic, as Flask's 405 for a route was not.
             return self._send(start_response, 405, {"error": "The method is not allowed for the requested URL.",
-                                                    "status": 405}, [("Allow", "POST")])
+                                                    "status": 405}, [("Allow", "OPTIONS, POST")],
+                              head=method == "HEAD")
         try:
             status, body, result = self.handle(environ)
         except _Refused as exc:
@@ -57,16 +71,19 @@ class AircallWebhook:
         except Exception:
             log.exception("aircall webhook not stored")
             status, body, result = 500, {"error": NOT_STORED, "status": 500}, "error"
-        started = environ.get(self.received_at_key)
-        self.rt.metrics.inbound(PATH, result, None if started is None else time.perf_counter() - started)
+        self._count(environ, result)
         return self._send(start_response, status, body)
 
+    def _count(self, environ, result: str) -> None:
+        started = environ.get(self.received_at_key)
+        self.rt.metrics.inbound(PATH, result, None if started is None else time.perf_counter() - started)
+
     @staticmethod
-    def _send(start_response, status: int, body: dict, headers=()):
+    def _send(start_response, status: int, body: dict, headers=(), head: bool = False):
         data = json.dumps(body).encode()
         start_response(_STATUS_LINES[status], [("Content-Type", "application/json"),
                                                ("Content-Length", str(len(data))), *headers])
-        return [data]
+        return [] if head else [data]  # HEAD: the headers a GET would get, no body
 
     def handle(self, environ) -> tuple[int, dict, str]:
         """(status, JSON body, metrics result) for a POST; raises _Refused for a refusal."""
