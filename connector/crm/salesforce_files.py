@@ -1,13 +1,13 @@
 """Attachments copied into Salesforce Files (``salesforce.attachments: crm-files``).
 
 Salesforce's documented route: create a ContentVersion (the bytes, base64 in JSON), read
-its ContentDocumentId (one query for all of a message's versions), then link the document to the entry with a ContentDocumentLink
-(``LinkedEntityId`` = the Task or mapped record; ShareType V, viewers; Visibility per
-``salesforce.files_visibility``). The upload happens before the entry is written, so the
-entry can link to the file; the link to the record is made once the record's id is known
-(``attach``, after each successful write, repeated until it holds). Until then the file
-sits in the integration user's library, seen by no one else. A link that already exists
-(DUPLICATE_VALUE) counts as made.
+its ContentDocumentId (one query for all of a message's versions), then link the document
+to the entry with a ContentDocumentLink (``LinkedEntityId`` = the Task or mapped record;
+ShareType V, viewers; Visibility per ``salesforce.files_visibility``). The upload happens
+before the entry is written, so the entry can link to the file; the link to the record
+is made once the record's id is known (``attach``, after each successful write, repeated
+until it holds). Until then the file sits in the integration user's library, seen by no
+one else. A link that already exists (DUPLICATE_VALUE) counts as made.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
     # fraction of the per-request cost. The Aircall webhook, the route a burst hits, is
     # answered here without Flask (webhooks.py says why).
     flask_app = app.wsgi_app
-    aircall_hook = webhooks.AircallWebhook(rt, config.server.max_body_bytes, RECEIVED_AT)
+    aircall_hook = webhooks.AircallWebhook(rt, config.server.max_body_bytes)
 
     def counted(environ, start_response):
         environ[RECEIVED_AT] = time.perf_counter()  # for the acknowledgement latency histogram

@@ -88,16 +88,20 @@ def metrics():
 @bp.after_app_request
 def _count_inbound(response):
     rule = request.url_rule
-    if rule is None or not rule.rule.startswith(INBOUND_PREFIXES):
-        return response
-    code = response.status_code
+    if rule is not None and rule.rule.startswith(INBOUND_PREFIXES):
+        count_inbound(current_app.extensions["connector"].metrics, rule.rule, response.status_code,
+                      request.environ, g.get("result"))
+    return response
+
+
+def count_inbound(metrics, endpoint: str, code: int, environ, result: str | None = None) -> None:
+    """Count one answered inbound request and its latency: a 2xx as the handler named its
+    result (stored, duplicate, ...; else accepted), anything else by its status code."""
     if 200 <= code < 300:
-        result = g.get("result") or "accepted"  # set by the handler: stored, duplicate, ...
+        result = result or "accepted"
     elif code >= 500:
         result = "error"
     else:
         result = _RESULT_BY_CODE.get(code, "rejected_payload")
-    started = request.environ.get(RECEIVED_AT)
-    current_app.extensions["connector"].metrics.inbound(
-        rule.rule, result[:40], None if started is None else time.perf_counter() - started)
-    return response
+    started = environ.get(RECEIVED_AT)
+    metrics.inbound(endpoint, result[:40], None if started is None else time.perf_counter() - started)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 
 from ..providers import aircall
+from .health import count_inbound
 
 PATH = "/webhooks/aircall"
 log = logging.getLogger("connector.webhooks")
@@ -30,8 +30,6 @@ NOT_STORED = "the event was not stored (see the connector's log); send it again"
 _STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 401: "401 UNAUTHORIZED",
                  405: "405 METHOD NOT ALLOWED", 413: "413 REQUEST ENTITY TOO LARGE",
                  500: "500 INTERNAL SERVER ERROR"}
-# Metrics' result label for a refusal (health.py counts Flask's routes the same way).
-_REFUSED = {400: "rejected_payload", 401: "rejected_auth", 413: "too_large", 500: "error"}
 
 
 class _Refused(Exception):
@@ -42,10 +40,9 @@ class _Refused(Exception):
 class AircallWebhook:
     """The WSGI application for ``PATH``, any method (``create_app`` routes it here)."""
 
-    def __init__(self, runtime, max_body_bytes: int, received_at_key: str):
+    def __init__(self, runtime, max_body_bytes: int):
         self.rt = runtime
         self.max_body = max_body_bytes
-        self.received_at_key = received_at_key
 
     @staticmethod
     def serves(path: str) -> bool:
@@ -56,7 +53,7 @@ class AircallWebhook:
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD")
         if method == "OPTIONS":  # as Flask answers it for a route, counted as accepted
-            self._count(environ, "accepted")
+            count_inbound(self.rt.metrics, PATH, 200, environ)
             start_response("200 OK", [("Allow", "OPTIONS, POST"), ("Content-Length", "0")])
             return []
         if method != "POST":
@@ -64,19 +61,16 @@ class AircallWebhook:
             return self._send(start_response, 405, {"error": "The method is not allowed for the requested URL.",
                                                     "status": 405}, [("Allow", "OPTIONS, POST")],
                               head=method == "HEAD")
+        result = None
         try:
             status, body, result = self.handle(environ)
         except _Refused as exc:
-            status, body, result = exc.status, exc.body, _REFUSED[exc.status]
+            status, body = exc.status, exc.body
         except Exception:
             log.exception("aircall webhook not stored")
-            status, body, result = 500, {"error": NOT_STORED, "status": 500}, "error"
-        self._count(environ, result)
+            status, body = 500, {"error": NOT_STORED, "status": 500}
+        count_inbound(self.rt.metrics, PATH, status, environ, result)
         return self._send(start_response, status, body)
-
-    def _count(self, environ, result: str) -> None:
-        started = environ.get(self.received_at_key)
-        self.rt.metrics.inbound(PATH, result, None if started is None else time.perf_counter() - started)
 
     @staticmethod
     def _send(start_response, status: int, body: dict, headers=(), head: bool = False):
