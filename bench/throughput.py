@@ -112,12 +112,39 @@ class Gunicorn:
     def cpu_seconds(self) -> float | None:
         """User + system CPU of the gunicorn workers so far (Linux /proc; None elsewhere)."""
         try:
-            workers = (Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split())
+            workers = self.workers()
             ticks = sum(sum(int(v) for v in Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
                         for w in workers)
         except (OSError, ValueError):
             return None
         return ticks / os.sysconf("SC_CLK_TCK")
+
+    def workers(self) -> list[str]:
+        try:
+            return Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+
+    def connection_split(self) -> list[int] | None:
+        """Established client connections held by each web process, fewest first (Linux
+        /proc; None elsewhere). gunicorn lets whichever process wakes first accept, so wrk's
+        keep-alive connections can all land on one of them, which then does all the work
+        under one GIL while the other idles."""
+        port = f":{self.port:04X}"
+        try:
+            inodes = set()
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                for row in Path(table).read_text().splitlines()[1:]:
+                    f = row.split()
+                    if f[1].endswith(port) and f[3] == "01":  # local port; 01: ESTABLISHED
+                        inodes.add(f"socket:[{f[9]}]")
+            split = []
+            for pid in self.workers():
+                fds = Path(f"/proc/{pid}/fd")
+                split.append(sum(1 for fd in fds.iterdir() if _readlink(fd) in inodes))
+        except (OSError, IndexError):
+            return None
+        return sorted(split)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -125,6 +152,13 @@ class Gunicorn:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return ""
 
 
 def post(port: int, body: bytes, timeout: float = 10) -> tuple[int, float]:
@@ -284,9 +318,14 @@ def quiet(limit: float = 30) -> None:
 def measured(server: Gunicorn, load, duration: float, workdir: Path) -> dict:
     """The load's figures plus the web processes' CPU per request (ms), where readable."""
     quiet()
+    split: list = []
+    look = threading.Timer(min(2.0, duration / 3), lambda: split.append(server.connection_split()))
     before = server.cpu_seconds()
+    look.start()
     r = load(server.port, duration, workdir)
     after = server.cpu_seconds()
+    look.join()
+    r["split"] = split[0] if split else None
     r["cpu_ms"] = (after - before) * 1000 / r["requests"] if None not in (before, after) and r["requests"] else None
     return r
 
@@ -332,7 +371,10 @@ def ingest(duration: float, rounds: int, workdir: Path) -> None:
           "  payload as one row per request: what committing alone costs on this machine.\n"
           "  CPU: the web processes' user + system time per request; the load generator, and\n"
           "  PostgreSQL when used, share the same cores. Stored counts every acknowledged event\n"
-          "  plus the few wrk cut off after they were committed)")
+          "  plus the few wrk cut off after they were committed. Connections: how gunicorn's\n"
+          "  processes shared wrk's keep-alive connections in each round, read a third of the way\n"
+          "  in; a round where one process holds nearly all of them runs on one GIL and is slow\n"
+          "  for either app, the connector more, so that split moves a round's ratio most)")
 
 
 def report(servers: list, runs: dict[str, list[dict]]) -> None:
@@ -353,6 +395,19 @@ def report(servers: list, runs: dict[str, list[dict]]) -> None:
                      + (f", socket errors: {errors}" if errors else ""))
         cpu = [r["cpu_ms"] for r in rs if r.get("cpu_ms") is not None]
         print(line + (f"   CPU {statistics.median(cpu):.2f} ms/request" if cpu else ""))
+        splits = [r.get("split") for r in rs]
+        if any(splits):
+            line = "      connections per web process, by round: " + " ".join(
+                "+".join(map(str, sp)) if sp else "?" for sp in splits)
+            even = [r["rps"] / b["rps"] for r, b in zip(rs, base) if _even(r.get("split")) and _even(b.get("split"))]
+            if count is not None and even:
+                line += f"; ratio in the {len(even)} rounds both spread evenly: {statistics.median(even):.2f}"
+            print(line)
+
+
+def _even(split: list[int] | None) -> bool:
+    """Each web process held at least a third of the connections."""
+    return bool(split) and len(split) > 1 and split[0] * 3 >= sum(split)
 
 
 # -- 2. latency at a fixed rate ---------------------------------------------------------
