@@ -14,7 +14,7 @@ import media_files as mf
 from conftest import TOKEN, aircall_payload
 from connector.config import ConfigError, load_config
 from connector.pipeline.crm_files import CrmFiles
-from connector.store import DEAD, DELIVERED, RETRYING, crm_files, deliveries
+from connector.store import DEAD, DELIVERED, RETRYING, SKIPPED, crm_files, deliveries
 from connector.store import media as media_table
 from connector.web import create_app
 from hubspot_fake import FakeHubSpot, hubspot_error
@@ -188,6 +188,27 @@ def test_hubspot_refused_upload_is_dead_lettered_with_hubspots_words(hub_rt, pro
     assert hub.comms == {}
 
 
+def from_unknown_number(payload: dict) -> dict:
+    payload["data"]["raw_digits"] = "13025550199"  # no contact or lead has it
+    return payload
+
+
+def test_hubspot_message_from_a_number_without_contact_uploads_nothing_under_skip(hub_rt, provider):
+    hub, make = hub_rt
+    rt = make()  # unknown_number: skip, the default
+    post(rt, from_unknown_number(with_media(provider, "message_sent")))
+    rt.worker().run_once()
+
+    assert uploads(hub) == [] and hub.files == {}  # no copies left unlinked in the portal
+    assert kept(rt) == [] and hub.comms == {}
+    assert delivery_states(rt) == [SKIPPED]
+    with rt.store.engine.connect() as conn:
+        assert conn.execute(select(deliveries.c.result)).scalar() == json.dumps(
+            {"reason": "no HubSpot contact has the number +13025550199 (hubspot.unknown_number.action is skip)"})
+    # Asked once: the writer read the answer the upload check left in the contact cache.
+    assert len(hub.calls("POST", "/crm/v3/objects/contacts/search")) == 1
+
+
 def test_links_mode_uploads_nothing(hub_rt, provider):
     hub, make = hub_rt
     rt = make(attachments="links")
@@ -359,3 +380,33 @@ def test_salesforce_document_read_back_that_fails_never_uploads_the_file_again(s
         "SELECT Id, ContentDocumentId FROM ContentVersion WHERE Id IN ('068VERSION00000002')")
     assert [(r[2], r[3]) for r in kept(rt)] == [("068VERSION00000001", "069DOCUMENT0000001"),
                                                ("068VERSION00000002", "069DOCUMENT0000002")]
+
+
+def test_salesforce_message_from_a_number_without_record_uploads_nothing_under_skip(sf_rt, rsps, provider):
+    rt = sf_rt()  # unknown_number: skip, the default
+    add_login(rsps)
+    add_search(rsps, [])
+    post(rt, from_unknown_number(with_media(provider, "message_sent")))
+    rt.worker().run_once()
+
+    assert calls_to(rsps, "POST", "/sobjects/ContentVersion/") == []  # nothing left unlinked in the org
+    assert calls_to(rsps, "PATCH", "/sobjects/Task/") == [] and kept(rt) == []
+    assert delivery_states(rt) == [SKIPPED]
+    with rt.store.engine.connect() as conn:
+        assert conn.execute(select(deliveries.c.result)).scalar() == json.dumps(
+            {"reason": "no Contact or Lead has the phone number +13025550199 "
+                       "(salesforce.unknown_number.action is skip)"})
+    assert len(calls_to(rsps, "GET", "/search/")) == 1  # the write read the cached answer
+
+
+def test_salesforce_number_that_cannot_be_matched_uploads_nothing_even_when_records_are_created(
+        sf_rt, rsps, provider):
+    rt = sf_rt(unknown_number={"action": "create_contact"})
+    add_login(rsps)
+    payload = with_media(provider, "message_sent")
+    payload["data"]["raw_digits"] = "anonymous"
+    post(rt, payload)
+    rt.worker().run_once()
+
+    assert calls_to(rsps, "POST", "/sobjects/ContentVersion/") == []
+    assert calls_to(rsps, "GET", "/search/") == [] and delivery_states(rt) == [SKIPPED]

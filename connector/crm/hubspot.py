@@ -94,6 +94,17 @@ class HubSpotWriter:
         self._checked_types: set[str] = set()
         self.search_lag = SEARCH_LAG
 
+    def skip_reason(self, event: MessageEvent, store) -> str | None:
+        """Why this message will get no entry (``unknown_number: skip`` and no contact has
+        its number), else None; asked before attachments are copied into the portal. The
+        lookup goes through the contact cache, which keeps its answer for the write."""
+        if self.cfg.unknown_number.action != "skip" or (store.get_record(NAME, event.message_id) or {}).get("object_id"):
+            return None
+        found = self.contacts.resolve(store, [event.external])[event.external]
+        if isinstance(found, BaseException):
+            raise found
+        return found.reason if isinstance(found, Unmatched) else None
+
     def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome:
         result = self.deliver_many([(event, ctx)])[0]
         if isinstance(result, BaseException):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from simple_salesforce.format import format_external_id
 
-from .. import ratelimit
+from .. import phones, ratelimit
 from ..events import MessageEvent, status_advances
 from ..mapping import Mapping, MappingError, current
 from .base import (DeliveryContext, Outcome, RateLimited, TransientError,
@@ -100,6 +100,19 @@ class SalesforceWriter(Recovery):
     @property
     def sobject(self) -> str:
         return current(self.mapping).object or "Task"
+
+    def skip_reason(self, event: MessageEvent, store) -> str | None:
+        """Why this message will get no record (no match under ``unknown_number: skip``, or
+        a number that cannot be matched), else None; asked before attachments are uploaded
+        to the org. The lookup goes through the contact cache, as the write's does."""
+        if (store.get_record(NAME, event.message_id) or {}).get("object_id"):
+            return None
+        if self.cfg.unknown_number.action != "skip" and phones.to_e164(event.external) == event.external:
+            return None  # a record is found or made for it
+        found = self.matcher.resolve([event.external], store)[event.external]
+        if isinstance(found, BaseException):
+            raise found
+        return found.reason if isinstance(found, Skip) else None
 
     # One message ------------------------------------------------------------------
     def deliver(self, event: MessageEvent, ctx: DeliveryContext) -> Outcome:

@@ -9,8 +9,9 @@ expires; "Download all" stays the connector's zip. After the entry is written,
 ``attached`` links the copies to it where the CRM needs that (Salesforce); a failure
 there makes the delivery retry, and the write it repeats is idempotent.
 
-Files are uploaded before the writer knows whether the number matches a record, so a
-message that is then skipped (``unknown_number: skip``) leaves its copies unlinked.
+A message the writer will skip (no record has its number under ``unknown_number:
+skip``) uploads nothing: the writer is asked first, through the contact cache its write
+then reads, so the question costs no second search.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class CrmFiles:
     def __init__(self, store: Store, media, writers: dict):
         self.store = store
         self.media = media  # connector.media.MediaService
+        self.writers = writers
         self.uploaders = {name: w.files for name, w in writers.items() if getattr(w, "files", None)}
 
     def __call__(self, event, delivery=None):
@@ -40,13 +42,18 @@ class CrmFiles:
         target, message_id = delivery.target, event.message_id
         kept = self.rows(target, message_id)
         now = time.time()
-        for a in attachments:
-            if a.index not in kept and self.media.present(a, now):
-                with self.media.storage.open(a.key) as fh:
-                    data = fh.read()
-                kept[a.index] = self._save(target, message_id, a.index, files.upload(a.name, data))
-                log.info("%s: attachment %s of message %s uploaded as file %s",
-                         target, a.index + 1, message_id, kept[a.index]["file_id"])
+        todo = [a for a in attachments if a.index not in kept and self.media.present(a, now)]
+        if todo:
+            reason = self.writers[target].skip_reason(event, self.store)
+            if reason:  # no entry will show them: copies would only clutter the CRM
+                log.info("%s: attachments of message %s not uploaded: %s", target, message_id, reason)
+                return views, download_all
+        for a in todo:
+            with self.media.storage.open(a.key) as fh:
+                data = fh.read()
+            kept[a.index] = self._save(target, message_id, a.index, files.upload(a.name, data))
+            log.info("%s: attachment %s of message %s uploaded as file %s",
+                     target, a.index + 1, message_id, kept[a.index]["file_id"])
         unread = [row for row in kept.values() if not row["url"]]  # uploaded; links still to be read
         if unread:
             read = files.complete([row["file_id"] for row in unread])
