@@ -13,11 +13,11 @@ from connector.crm.base import Outcome, PermanentError, TransientError
 from connector.crm.salesforce import render
 from connector.crm.salesforce_recovery import INTENT_SLACK_SECONDS
 from connector.providers import aircall
-from connector.store import DEAD, DELIVERED
+from connector.store import DEAD, DELIVERED, RETRYING
 from sf_fake import (API, add_login, add_search, body_of, calls_to, contact, existing_record,
                      not_updateable, sosl_of)
 from test_salesforce_parts import ctx_for, live
-from test_salesforce_writer import UPSERT, delivery_rows, rsps, sf  # noqa: F401  (fixtures)
+from test_salesforce_writer import UPSERT, delivery_rows, due_now, rsps, sf  # noqa: F401  (fixtures)
 
 SENT_ID = "abcdSMc6Dc8ea2bc71ab19102c3de4f60ba18aa"  # message_sent / status_delivered
 FIELDS = "Subject, Description, ActivityDate, Status, Priority, Type, TaskSubtype"
@@ -145,6 +145,7 @@ def test_retried_upsert_of_a_record_a_lost_answer_made_becomes_its_update(sf, rs
     rsps.add_callback(responses.PATCH, url, callback=existing_record("00TX", (create_only,)))
     rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 1, "done": True, "records": [
         {"attributes": {"type": sobject}, "Id": "00TX", "MMS_Message_Id__c": "abdcSM11da5f0b1"}]})
+    rsps.add(responses.PATCH, f"{API}/sobjects/{sobject}/00TX", status=204)
     post(aircall_payload("sms_received"))
     run()
 
@@ -156,6 +157,7 @@ def test_retried_upsert_of_a_record_a_lost_answer_made_becomes_its_update(sf, rs
     assert create_only in create and create_only not in update
     patches = calls_to(rsps, "PATCH", f"/sobjects/{sobject}/")
     assert [body_of(c) for c in patches] == [create, create, update]  # in-call retry refused, then the update
+    assert [c.request.url for c in patches] == [url, url, f"{API}/sobjects/{sobject}/00TX"]
     [query] = calls_to(rsps, "GET", "/query/")
     assert sosl_of(query) == (f"SELECT Id, MMS_Message_Id__c FROM {sobject} "
                               "WHERE MMS_Message_Id__c IN ('abdcSM11da5f0b1')")
@@ -164,6 +166,79 @@ def test_retried_upsert_of_a_record_a_lost_answer_made_becomes_its_update(sf, rs
     assert rt.store.get_record("salesforce", "abdcSM11da5f0b1") == {
         "object_type": sobject, "object_id": "00TX", "status": "received",
         "data": {"link_type": "Contact", "link_id": "003A"}}
+
+
+def duplicate_of_the_key(record_id: str) -> list[dict]:
+    """Salesforce's answer to an upsert racing an insert of the same external id."""
+    return [{"errorCode": "DUPLICATE_VALUE", "fields": [], "message": "duplicate value found: "
+             f"MMS_Message_Id__c duplicates value on record with id: {record_id}"}]
+
+
+def test_retried_upsert_refused_as_a_duplicate_of_its_key_becomes_the_update_of_that_record(sf, rsps):
+    rt, post, run = sf()
+    add_login(rsps)
+    add_search(rsps, [contact("003A", "+18704575426")])
+    url = UPSERT + "abdcSM11da5f0b1"
+    rsps.add(responses.PATCH, url, body=requests.ReadTimeout("read timed out"))  # still being inserted
+    rsps.add(responses.PATCH, url, status=400, json=duplicate_of_the_key("00TMADE"))
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 1, "done": True, "records": [
+        {"attributes": {"type": "Task"}, "Id": "00TMADE", "MMS_Message_Id__c": "abdcSM11da5f0b1"}]})
+    rsps.add(responses.PATCH, f"{API}/sobjects/Task/00TMADE", status=204)
+    post(aircall_payload("sms_received"))
+    run()
+
+    assert [c.request.url for c in calls_to(rsps, "PATCH", "/sobjects/Task/")] == [
+        url, url, f"{API}/sobjects/Task/00TMADE"]
+    [row] = delivery_rows(rt)
+    assert row["state"] == DELIVERED
+    assert rt.store.get_record("salesforce", "abdcSM11da5f0b1")["object_id"] == "00TMADE"
+
+
+def test_a_duplicate_of_the_key_not_yet_readable_is_retried_not_dead_lettered(sf, rsps):
+    rt, post, run = sf()
+    add_login(rsps)
+    add_search(rsps, [contact("003A", "+18704575426")])
+    url = UPSERT + "abdcSM11da5f0b1"
+    rsps.add(responses.PATCH, url, body=requests.ReadTimeout("read timed out"))
+    rsps.add(responses.PATCH, url, status=400, json=duplicate_of_the_key("00TMADE"))
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 0, "done": True, "records": []})
+    rsps.add(responses.PATCH, url, status=200, json={"id": "00TMADE", "success": True, "errors": [], "created": False})
+    post(aircall_payload("sms_received"))
+    run()
+    [row] = delivery_rows(rt)
+    assert row["state"] == RETRYING
+    assert row["last_error"] == (
+        "Salesforce refused the request (HTTP 400): DUPLICATE_VALUE: duplicate value found: MMS_Message_Id__c "
+        "duplicates value on record with id: 00TMADE (an earlier try of this message is still being saved; "
+        "trying again)")
+
+    due_now(rt)
+    run()  # the upsert now finds the record the first try made
+    [row] = delivery_rows(rt)
+    assert row["state"] == DELIVERED
+    assert rt.store.get_record("salesforce", "abdcSM11da5f0b1")["object_id"] == "00TMADE"
+
+
+def test_a_collections_upsert_refused_as_a_duplicate_of_the_key_is_retried_alone(make_runtime, rsps):
+    rt = make_runtime(salesforce=live(), hubspot={"mode": "off"})
+    writer = rt.pipeline.writers["salesforce"]
+    add_login(rsps)
+    add_search(rsps, [contact("003A", "870-457-5426")])
+    dup = {"id": None, "success": False, "errors": [
+        {"statusCode": e["errorCode"], "message": e["message"], "fields": e["fields"]}
+        for e in duplicate_of_the_key("00T0")]}
+    rsps.add(responses.PATCH, f"{API}/composite/sobjects/Task/MMS_Message_Id__c", json=[
+        dup, {"id": "00T1", "success": True, "errors": [], "created": True}])
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 0, "done": True, "records": []})
+    items = []
+    for i in range(2):
+        p = aircall_payload("sms_received")
+        p["data"]["id"] = f"m{i}"
+        ev = aircall.parse(p)
+        items.append((ev, ctx_for(rt, ev)))
+    out = writer.deliver_many(items)
+    assert isinstance(out[0], TransientError) and "still being saved" in str(out[0])
+    assert isinstance(out[1], Outcome) and out[1].result["id"] == "00T1"
 
 
 def test_a_create_refused_for_a_field_stays_refused(sf, rsps):
@@ -193,8 +268,7 @@ def test_collections_upsert_refused_for_existing_records_sends_their_updates(mak
     # m0 was created by a batch whose answer was lost; m2's create itself is refused.
     rsps.add(responses.PATCH, f"{API}/composite/sobjects/Task/MMS_Message_Id__c", json=[
         refused, {"id": "00T1", "success": True, "errors": [], "created": True}, refused])
-    rsps.add(responses.PATCH, f"{API}/composite/sobjects/Task/MMS_Message_Id__c", json=[
-        {"id": "00T0", "success": True, "errors": [], "created": False}])
+    rsps.add(responses.PATCH, f"{API}/composite/sobjects", json=[{"id": "00T0", "success": True, "errors": []}])
     rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 1, "done": True, "records": [
         {"attributes": {"type": "Task"}, "Id": "00T0", "MMS_Message_Id__c": "m0"}]})
     items = []
@@ -208,12 +282,14 @@ def test_collections_upsert_refused_for_existing_records_sends_their_updates(mak
     def record(i, operation, **link):
         body = render(items[i][0], items[i][1], operation, writer.mapping, **link)["body"]
         return {"attributes": {"type": "Task"}, **body, "MMS_Message_Id__c": f"m{i}"}
-    first, second = calls_to(rsps, "PATCH", "/composite/sobjects/")
+    [first] = calls_to(rsps, "PATCH", "/composite/sobjects/Task/MMS_Message_Id__c")
+    [second] = [c for c in calls_to(rsps, "PATCH", "/composite/sobjects") if c.request.url.endswith("/sobjects")]
     assert body_of(first) == {"allOrNone": False, "records": [
         record(i, "create", who_id="003A") for i in range(3)]}
     assert sosl_of(calls_to(rsps, "GET", "/query/")[0]) == (
         "SELECT Id, MMS_Message_Id__c FROM Task WHERE MMS_Message_Id__c IN ('m0','m2')")
-    assert body_of(second) == {"allOrNone": False, "records": [record(0, "update")]}
+    update = render(items[0][0], items[0][1], "update", writer.mapping)["body"]  # named by its Id
+    assert body_of(second) == {"allOrNone": False, "records": [{"attributes": {"type": "Task"}, **update, "id": "00T0"}]}
     assert "TaskSubtype" not in body_of(second)["records"][0]
     assert isinstance(out[0], Outcome) and out[0].result == {
         "operation": "update", "id": "00T0", "batched": True, "created": False, "recovered": True,

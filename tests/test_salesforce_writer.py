@@ -102,13 +102,56 @@ def test_inbound_mms_becomes_one_completed_task_on_the_contact(sf, rsps):
         "record_type": "Contact", "record_id": "003CONTACT1"}
 
 
+def test_status_update_of_a_task_deleted_in_salesforce_makes_no_new_task(sf, rsps):
+    rt, post, run = sf()
+    add_login(rsps)
+    mid = "abcdSMc6Dc8ea2bc71ab19102c3de4f60ba18aa"
+    rt.store.save_record("salesforce", mid, object_type="Task", object_id="00TOLD", status="sent",
+                         data={"link_type": "Contact", "link_id": "003C"})
+    # An upsert by the external id would create a Task holding only the status line.
+    rsps.add(responses.PATCH, UPSERT + mid, status=201, json={"id": "00TBARE", "success": True, "created": True})
+    rsps.add(responses.PATCH, f"{API}/sobjects/Task/00TOLD", status=404,
+             json=[{"errorCode": "ENTITY_IS_DELETED", "message": "entity is deleted", "fields": []}])
+    post(aircall_payload("status_delivered"))
+    run()
+
+    [patch] = calls_to(rsps, "PATCH", "/sobjects/Task/")
+    assert patch.request.url == f"{API}/sobjects/Task/00TOLD"
+    [row] = delivery_rows(rt)
+    assert row["state"] == DEAD
+    assert row["last_error"] == "Salesforce refused the request (HTTP 404): ENTITY_IS_DELETED: entity is deleted"
+    assert rt.store.get_record("salesforce", mid)["object_id"] == "00TOLD"
+
+
+def test_status_updates_in_a_burst_name_their_tasks_by_id(sf, rsps):
+    rt, post, run = sf()
+    add_login(rsps)
+    ids = ["m1", "m2"]
+    for n, mid in enumerate(ids):
+        rt.store.save_record("salesforce", mid, object_type="Task", object_id=f"00TOLD{n}", status="sent",
+                             data={"link_type": "Contact", "link_id": "003C"})
+        p = aircall_payload("status_delivered")
+        p["data"]["id"] = mid
+        post(p)
+    rsps.add(responses.PATCH, f"{API}/composite/sobjects",
+             json=[{"id": f"00TOLD{n}", "success": True, "errors": []} for n in range(2)])
+    run()
+
+    [call] = calls_to(rsps, "PATCH", "/composite/sobjects")
+    assert call.request.url == f"{API}/composite/sobjects"
+    records = body_of(call)["records"]
+    assert [(r["id"], r["attributes"]) for r in records] == [("00TOLD0", {"type": "Task"}), ("00TOLD1", {"type": "Task"})]
+    assert all("MMS_Message_Id__c" not in r for r in records)
+    assert [r["state"] for r in delivery_rows(rt)] == [DELIVERED, DELIVERED]
+
+
 def test_duplicates_and_status_updates_touch_one_record(sf, rsps):
     rt, post, run = sf()
     add_login(rsps)
     add_search(rsps, [contact("003C", "+1 302 306 3029")])
     url = UPSERT + "abcdSMc6Dc8ea2bc71ab19102c3de4f60ba18aa"
     rsps.add(responses.PATCH, url, status=201, json={"id": "00TOUT", "success": True, "errors": [], "created": True})
-    rsps.add(responses.PATCH, url, status=200, json={"id": "00TOUT", "success": True, "errors": [], "created": False})
+    rsps.add(responses.PATCH, f"{API}/sobjects/Task/00TOUT", status=204)  # an update names its record
 
     sent = aircall_payload("message_sent")
     assert post(sent)["status"] == "stored"
@@ -122,7 +165,7 @@ def test_duplicates_and_status_updates_touch_one_record(sf, rsps):
     run()
 
     patches = calls_to(rsps, "PATCH", "/sobjects/Task/")
-    assert [c.request.url for c in patches] == [url, url]
+    assert [c.request.url for c in patches] == [url, f"{API}/sobjects/Task/00TOUT"]
     create, update = body_of(patches[0]), body_of(patches[1])
     assert create["WhoId"] == "003C" and create["Subject"] == "MMS to +13023063029"
     assert "Pending" in create["Description"].splitlines()[0]

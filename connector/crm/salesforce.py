@@ -69,11 +69,14 @@ def render(event: MessageEvent, ctx: DeliveryContext, operation: str, mapping: M
     base = f"/services/data/v{cfg.api_version}/sobjects/{sobject}"
     ext = cfg.external_id_field
     if ext:
-        fields.pop(ext, None)  # the key travels in the URL
-        return {"method": "PATCH", "path": f"{base}/{format_external_id(ext, event.message_id)}",
-                "body": fields}
+        fields.pop(ext, None)  # the key travels in the URL, or the record is named by its Id
+    # An update names its record: an upsert of a record deleted in Salesforce since would
+    # make a new one holding only the status entry.
     if operation == "update":
         return {"method": "PATCH", "path": f"{base}/{object_id}", "body": fields}
+    if ext:
+        return {"method": "PATCH", "path": f"{base}/{format_external_id(ext, event.message_id)}",
+                "body": fields}
     return {"method": "POST", "path": f"{base}/", "body": fields}
 
 
@@ -140,7 +143,7 @@ class SalesforceWriter(Recovery):
             self._stale_link(event, ctx, link, exc.codes, str(exc))
             made = self._made_earlier(event, operation, exc.codes)
             if not made:
-                raise
+                raise self._still_racing(exc.codes, str(exc)) or exc
             operation, rec = "update", {**(rec or {}), "object_id": made}
             req = self._render(event, ctx, operation, rec, link)
             result = self._send(req)
@@ -248,12 +251,12 @@ class SalesforceWriter(Recovery):
         groups: dict[tuple[str, str], list] = {}
         for entry in ready:
             i, op, rec, link, req = entry
-            if ext:
+            if op == "update":
+                key = ("PATCH", "composite/sobjects")  # by Id, as render() says why
+            elif ext:
                 key = ("PATCH", f"composite/sobjects/{self.sobject}/{ext}")
-            elif op == "create":
-                key = ("POST", "composite/sobjects")
             else:
-                key = ("PATCH", "composite/sobjects")
+                key = ("POST", "composite/sobjects")
             groups.setdefault(key, []).append(entry)
         for (method, path), entries in groups.items():
             for start in range(0, len(entries), self.cfg.batch_size):
@@ -266,10 +269,10 @@ class SalesforceWriter(Recovery):
         for i, op, rec, link, req in chunk:
             event, ctx = items[i]
             record = {"attributes": {"type": self.sobject}, **req["body"]}
-            if ext:
-                record[ext] = event.message_id
-            elif op == "update":
+            if op == "update":
                 record["id"] = rec["object_id"]
+            elif ext:
+                record[ext] = event.message_id
             else:
                 self._write_intent(event, ctx, req, link)
             records.append(record)
@@ -302,9 +305,9 @@ class SalesforceWriter(Recovery):
                     continue
                 results[i] = record_error(errors)
                 if self._upsert_refused(op, error_codes(errors)):
-                    refused.append((i, rec, link))
+                    refused.append((i, rec, link, error_codes(errors)))
         if refused:
-            self._update_existing(items, method, path, refused, results)
+            self._update_existing(items, refused, results)
 
 
 def build_writer(config, mapping: Mapping) -> SalesforceWriter:

@@ -6,8 +6,9 @@ an intent but no record id looks for the record that create may have made (same 
 same field values, created since the intent, mapped to no other message) and brings it
 up to date instead of creating a second one. With the field, a retried upsert whose
 record exists is refused by Salesforce for create-only fields (TaskSubtype, a
-master-detail field of a custom object); one query confirms the record and the event is
-sent as its update.
+master-detail field of a custom object), or, while the first is still being inserted,
+refused as a duplicate of the external id (``DUPLICATE_VALUE``); one query confirms the
+record and the event is sent as its update (a duplicate not yet readable is retried).
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from datetime import datetime, timezone
 from simple_salesforce.format import format_soql
 
 from ..events import status_advances
-from .base import Outcome, WriteError, content_digest
+from .base import Outcome, TransientError, WriteError, content_digest
 from .salesforce_match import Link, link_field
 
 NAME = "salesforce"
 INTENT_SLACK_SECONDS = 120  # clock skew allowance when looking for a record an intent made
 INTENT_KEYS = {"intent_at", "sent"}  # crm_records data of a create whose answer is owed
 NOT_UPDATEABLE = "INVALID_FIELD_FOR_INSERT_UPDATE"
+DUPLICATE = "DUPLICATE_VALUE"
 
 
 class Recovery:
@@ -78,7 +80,16 @@ class Recovery:
 
     # An upsert refused for fields an update cannot set ---------------------------
     def _upsert_refused(self, operation: str, codes: set[str]) -> bool:
-        return bool(self.cfg.external_id_field) and operation == "create" and NOT_UPDATEABLE in codes
+        return bool(self.cfg.external_id_field) and operation == "create" and bool({NOT_UPDATEABLE, DUPLICATE} & codes)
+
+    def _still_racing(self, codes: set[str], detail: str) -> TransientError | None:
+        """A create upsert refused as a duplicate of our external id whose record the query
+        did not find yet: an earlier try of this message is still being inserted."""
+        ext = self.cfg.external_id_field
+        if ext and DUPLICATE in codes and ext.lower() in detail.lower():
+            return TransientError(f"{detail} (an earlier try of this message is still being saved; "
+                                  "trying again)")
+        return None
 
     def _made_earlier(self, event, operation, codes: set[str]) -> str | None:
         """The Id of the record a refused create upsert found (a lost answer's create made it).
@@ -100,24 +111,26 @@ class Recovery:
         # Salesforce spells the field as defined, whatever case the config used.
         return {str(v): r["Id"] for r in found for k, v in r.items() if k.lower() == ext.lower()}
 
-    def _update_existing(self, items, method, path, refused, results) -> None:
+    def _update_existing(self, items, refused, results) -> None:
         """``_made_earlier`` for a chunk: one query, then one call with the updates."""
         try:
-            existing = self._existing([items[i][0].message_id for i, _, _ in refused])
+            existing = self._existing([items[i][0].message_id for i, *_ in refused])
         except WriteError as exc:
             for i, *_ in refused:
                 results[i] = exc
             return
         again = []
-        for i, rec, link in refused:
+        for i, rec, link, codes in refused:
             event, ctx = items[i]
             object_id = existing.get(event.message_id)
-            if object_id:  # otherwise the refusal stands
+            if not object_id:  # the refusal stands, unless the record is still on its way
+                results[i] = self._still_racing(codes, str(results[i])) or results[i]
+            else:
                 rec = {**(rec or {}), "object_id": object_id}
                 req = self._guard(self._render, event, ctx, "update", rec, link)
                 if isinstance(req, Exception):
                     results[i] = req
                 else:
                     again.append((i, "update", rec, link, req))
-        if again:
-            self._write_chunk(items, method, path, again, results, recovered=True)
+        if again:  # updates name their records by Id
+            self._write_chunk(items, "PATCH", "composite/sobjects", again, results, recovered=True)
