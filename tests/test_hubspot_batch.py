@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import copy
+import json
+
+from werkzeug import Response
 
 from connector.crm.base import DeliveryContext, Outcome, PermanentError, TransientError
 from connector.providers import aircall
@@ -96,6 +99,49 @@ def test_status_burst_is_one_batch_update_and_a_missing_entry_fails_alone(live, 
     calls = len(hub.requests)
     late = writer.deliver_many(items(rt, 2, 3, fixture="status_sent"))
     assert [r.result["operation"] for r in late] == ["none", "none"] and len(hub.requests) == calls
+
+
+def _answer_update_without(hub, refused: str, error: dict | None):
+    """Make the fake's batch update leave ``refused`` out of its results (and name it in
+    ``error``, if given), answering 207 as HubSpot does for a partial success."""
+    real = hub._batch_update
+
+    def batch_update(body):
+        resp = json.loads(real({"inputs": [i for i in body["inputs"] if i["id"] != refused]}).get_data())
+        if error:
+            resp.update(numErrors=1, errors=[error])
+        return Response(json.dumps(resp), status=207, content_type="application/json")
+    hub._batch_update = batch_update
+
+
+def test_a_207_update_error_that_names_its_record_by_id_fails_that_record(live, hub):
+    for i in range(3):
+        hub.add_contact(phone=f"+1415555{i:04d}")
+    rt = live()
+    writer = rt.pipeline.writers["hubspot"]
+    writer.deliver_many(items(rt, 3, 3, fixture="message_sent"))
+    refused = rt.store.get_record("hubspot", "burst0002")["object_id"]
+    _answer_update_without(hub, refused, {"status": "error", "category": "VALIDATION_ERROR", "id": refused,
+                                          "message": "Property values were not valid", "context": {}})
+    results = writer.deliver_many(items(rt, 3, 3, fixture="status_delivered"))
+    assert [type(r).__name__ for r in results] == ["Outcome", "Outcome", "PermanentError"]
+    assert str(results[2]) == "HubSpot 207 VALIDATION_ERROR: Property values were not valid"
+    assert rt.store.get_record("hubspot", "burst0002")["status"] == "pending"
+    assert rt.store.get_record("hubspot", "burst0001")["status"] == "delivered"
+
+
+def test_a_record_a_207_update_answer_does_not_mention_is_retried_not_taken_as_updated(live, hub):
+    for i in range(3):
+        hub.add_contact(phone=f"+1415555{i:04d}")
+    rt = live()
+    writer = rt.pipeline.writers["hubspot"]
+    writer.deliver_many(items(rt, 3, 3, fixture="message_sent"))
+    missing = rt.store.get_record("hubspot", "burst0001")["object_id"]
+    _answer_update_without(hub, missing, None)
+    results = writer.deliver_many(items(rt, 3, 3, fixture="status_delivered"))
+    assert [type(r).__name__ for r in results] == ["Outcome", "TransientError", "Outcome"]
+    assert str(results[1]) == f"HubSpot's batch update answer does not show communication {missing} updated"
+    assert rt.store.get_record("hubspot", "burst0001")["status"] == "pending"
 
 
 def test_burst_mixes_skipped_unknown_numbers_and_creates(live, hub):
@@ -201,6 +247,44 @@ def test_a_contacts_batch_refused_as_a_whole_is_retried_number_by_number(live, h
     assert all(isinstance(r, Outcome) for r in results), results
     assert [len(c[2]["inputs"]) for c in hub.calls("POST", CONTACTS_BATCH)] == [3, 1, 1, 1]
     assert len(hub.contacts) == 3
+
+
+def test_a_contacts_batch_refused_for_a_missing_scope_is_not_resent_number_by_number(live, hub):
+    rt = live(unknown_number={"action": "create"})
+    hub.fail_next("POST", CONTACTS_BATCH, hubspot_error(
+        403, "This app hasn't been granted all required scopes to make this call.", "MISSING_SCOPES"), times=50)
+    results = rt.pipeline.writers["hubspot"].deliver_many(items(rt, 20, 20))
+    assert all(isinstance(r, PermanentError) and "MISSING_SCOPES" in str(r) for r in results), results[:2]
+    assert len(hub.calls("POST", CONTACTS_BATCH)) == 1  # the refusal concerns the app, not an input
+    assert rt.store.get_contact("hubspot", "+14155550000") is None  # free to try again later
+
+
+def test_a_batch_create_refused_for_one_bad_input_writes_the_others(live, hub):
+    for i in range(5):
+        hub.add_contact(phone=f"+1415555{i:04d}")
+    batch_create, create = hub._batch_create, hub._create
+
+    def bad(inp) -> bool:  # HubSpot refuses the whole request for one such input
+        return "BAD VALUE" in inp["properties"].get("hs_communication_body", "")
+    refused = hubspot_error(400, "Property values were not valid: hs_communication_body")
+    hub._batch_create = lambda body, contact=False: (
+        refused if not contact and any(map(bad, body["inputs"])) else batch_create(body, contact))
+    hub._create = lambda store, body, contact=False: (
+        refused if not contact and bad(body) else create(store, body, contact))
+    rt = live()
+    burst = items(rt, 5, 5)
+    burst[1] = items(rt, 1, 5, start=1, body="BAD VALUE")[0]
+    results = rt.pipeline.writers["hubspot"].deliver_many(burst)
+
+    assert [type(r).__name__ for r in results] == ["Outcome", "InputRefused", "Outcome", "Outcome", "Outcome"]
+    assert "Property values were not valid: hs_communication_body" in str(results[1])
+    assert len(hub.comms) == 4
+    # Halved until the refused input stood alone: 5 (refused) -> 2 (refused) + 3; the 2 -> 1 + 1.
+    sizes = [len(c[2]["inputs"]) for c in hub.calls("POST", BATCH)]
+    singles = hub.calls("POST", "/crm/v3/objects/communications")
+    assert sizes == [5, 2, 3] and len(singles) == 2
+    assert rt.store.get_record("hubspot", "burst0001") == {"object_type": "communications", "object_id": None,
+                                                          "status": None, "data": {}}
 
 
 def senders(rt, *numbers: str) -> list:

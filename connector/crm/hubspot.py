@@ -22,7 +22,7 @@ from ..events import MessageEvent, status_advances
 from ..mapping import Mapping, MappingError, current
 from .base import (DeliveryContext, Outcome, PermanentError, TransientError, WriteError, content_digest,
                    entry_kind, template_context)
-from .hubspot_api import Ambiguous, HubSpotApi, errors_by_key
+from .hubspot_api import Ambiguous, HubSpotApi, InputRefused, errors_by_key
 from .hubspot_contacts import Contact, ContactMatcher, Unmatched
 from .hubspot_files import HubSpotFiles
 
@@ -235,6 +235,16 @@ class HubSpotWriter:
             for i, _, _ in chunk:
                 results[i] = err
             return
+        except InputRefused:
+            # One bad input refuses the whole batch and nothing is created: halve it until
+            # the refused inputs stand alone (a few calls, not one per message).
+            half = len(chunk) // 2
+            for part in (chunk[:half], chunk[half:]):
+                if len(part) == 1:
+                    self._create_one(items, part[0], results)
+                else:
+                    self._create_batch(items, part, results)
+            return
         except WriteError as exc:
             for i, _, _ in chunk:
                 self._drop_intent(items[i][1].store, items[i][0])
@@ -275,12 +285,13 @@ class HubSpotWriter:
                     i, rec, req = reqs[0]
                     self.api.call(self.api.comm_basic.update, rec["object_id"],
                                   simple_public_object_input=req["body"])
-                    errors = {}
+                    errors, updated = {}, {rec["object_id"]}
                 else:
                     inputs = [dict(req["body"], id=rec["object_id"]) for _, rec, req in reqs]
                     res = self.api.call(self.api.comm_batch.update,
                                         batch_input_simple_public_object_batch_input={"inputs": inputs})
                     errors = errors_by_key(getattr(res, "errors", None))
+                    updated = {str(r.id) for r in getattr(res, "results", None) or []}
             except WriteError as exc:
                 for i, _, _ in reqs:
                     results[i] = exc
@@ -290,6 +301,10 @@ class HubSpotWriter:
                 event = items[i][0]
                 if rec["object_id"] in errors:
                     results[i] = errors[rec["object_id"]]
+                    continue
+                if rec["object_id"] not in updated:  # only what HubSpot says it updated is
+                    results[i] = TransientError(f"HubSpot's batch update answer does not show "
+                                                f"communication {rec['object_id']} updated")
                     continue
                 rows.append(_row(event, rec["object_id"], event.status, rec.get("data")))
                 results[i] = Outcome("delivered", rendered=req, result={

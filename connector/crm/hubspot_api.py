@@ -48,6 +48,11 @@ class Ambiguous(TransientError):
     """5xx, read timeout or dropped connection: HubSpot may or may not have acted."""
 
 
+class InputRefused(PermanentError):
+    """400, 409 or 422: HubSpot refused what was sent (one bad input refuses a whole
+    batch), unlike 401/403, which refuse the caller whatever it sends."""
+
+
 def parse_error_body(exc: Any) -> dict:
     try:
         body = json.loads(getattr(exc, "body", None) or "{}")
@@ -217,6 +222,8 @@ class HubSpotApi:
             return Ambiguous(text, retry_after=_retry_after(exc))
         if status == 401:
             return PermanentError(f"{text} (check hubspot.access_token)" if not self.oauth else text)
+        if status in (400, 409, 422):
+            return InputRefused(text)
         return PermanentError(text)
 
 
@@ -231,7 +238,8 @@ def _retry_after(exc: Any) -> float | None:
 
 
 def errors_by_key(errors) -> dict[str, WriteError]:
-    """A 207 answer's errors, by every id / objectWriteTraceId named in their context."""
+    """A 207 answer's errors, by every id / objectWriteTraceId named in their context, and
+    by the error's own ``id`` (HubSpot's StandardError names a record there too)."""
     out: dict[str, WriteError] = {}
     for err in errors or []:
         body = {"category": err.category, "message": err.message}
@@ -243,4 +251,6 @@ def errors_by_key(errors) -> dict[str, WriteError]:
         for values in (err.context or {}).values():
             for key in values or []:
                 out[str(key)] = exc
+        if getattr(err, "id", None):
+            out[str(err.id)] = exc
     return out

@@ -26,7 +26,7 @@ import phonenumbers
 from .. import phones
 from ..config import HubSpotConfig
 from .base import PermanentError, TransientError, WriteError
-from .hubspot_api import Ambiguous, HubSpotApi, errors_by_key
+from .hubspot_api import Ambiguous, HubSpotApi, InputRefused, errors_by_key
 
 NAME = "hubspot"
 CONTACT, CREATING, NONE = "contact", "creating", "none"
@@ -278,7 +278,7 @@ class ContactMatcher:
                                 batch_input_simple_public_object_batch_input_for_create={"inputs": inputs})
         except Ambiguous as exc:
             return {n: exc for n in numbers}  # they may exist: the markers expire after search catches up
-        except PermanentError as exc:
+        except InputRefused as exc:
             if len(inputs) > 1:  # HubSpot refuses a whole batch for one bad input: find it
                 out: dict[str, Contact | WriteError] = {}
                 for inp in inputs:
@@ -286,7 +286,8 @@ class ContactMatcher:
                 return out
             store.drop_contact(NAME, numbers[0])
             return {numbers[0]: exc}
-        except WriteError as exc:  # not created (refused before any work): free to try again
+        except WriteError as exc:  # not created (refused before any work, 401/403 whoever asks):
+            # free to try again
             for n in numbers:
                 store.drop_contact(NAME, n)
             return {n: exc for n in numbers}
