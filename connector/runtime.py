@@ -68,8 +68,14 @@ class Runtime:
         """The outbound sender (connector.pipeline.outbound), with its outbox and Aircall client."""
         if self._sender is None:
             from .pipeline.outbound import OutboundSender
-            self._sender = OutboundSender(self.config, self.store)
+            self._sender = OutboundSender(self.config, self.store, hubspot_api=self._hubspot_api)
         return self._sender
+
+    def _hubspot_api(self):
+        """The live HubSpot writer's API client, or None (dry-run, off)."""
+        if self.config.hubspot.mode != "live":
+            return None
+        return getattr(self.pipeline.writers.get("hubspot"), "api", None)
 
     def wake(self) -> None:
         """Nudge workers that new work is stored: in this process, and (with Redis) everywhere."""

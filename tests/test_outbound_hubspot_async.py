@@ -119,6 +119,27 @@ def test_completion_hubspot_cannot_take_now_is_retried_at_the_next_sweep(arun, h
     assert outbox_rows(rt)[0].callback == CALLBACK_DONE
 
 
+def test_completions_wait_while_the_portal_s_daily_limit_stops_the_writer(ort, httpserver):
+    # One portal, one budget: the live writer's client completes the actions, so after
+    # HubSpot's DAILY 429 to a write nothing else of this process calls HubSpot either.
+    sections = async_sections(httpserver)
+    sections["hubspot"]["mode"] = "live"
+    rt = ort.make(**sections)
+    client = create_app(rt.config, rt).test_client()
+    writer_api = rt.pipeline.writers["hubspot"].api
+    writer_api.daily_blocked_until = writer_api.clock() + 3600  # as after a DAILY 429
+    post(client, action_body(), v3_headers)
+    expect_send(httpserver)
+    assert rt.outbound.run_once() == 1
+
+    assert completions(httpserver) == []
+    [row] = outbox_rows(rt)
+    assert (row.state, row.callback) == (OUT_SENT, CALLBACK_DUE)  # owed until the block ends
+    writer_api.daily_blocked_until = 0
+    answer_completion(httpserver)
+    assert rt.outbound.sweep() == 1 and len(completions(httpserver)) == 1
+
+
 def test_completion_hubspot_refuses_is_given_up_not_retried(arun, httpserver):
     rt, client = arun
     post(client, action_body(), v3_headers)

@@ -16,7 +16,9 @@ from .hubspot_api import HubSpotApi
 
 class WorkflowActions:
     def __init__(self, config: Config, api: HubSpotApi | None = None):
-        # The portal's request budget is the same one the CRM writers draw from.
+        # The portal's budget is the CRM writer's: the runtime hands over its live writer's
+        # client (one bucket, one daily-limit stop); without one, a client of its own, whose
+        # bucket is the writers' through Redis in the scaled-out mode.
         self.api = api or HubSpotApi(config.hubspot, config.time_zone, bucket=ratelimit.bucket(config, "hubspot"),
                                      search_bucket=ratelimit.bucket(config, "hubspot", "search"))
 

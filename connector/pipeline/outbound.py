@@ -80,13 +80,16 @@ def log_event(m: OutboundMessage, response: dict, media: list[str], config: Conf
 
 class OutboundSender:
     def __init__(self, config: Config, store: Store, client: aircall.SendClient | None = None,
-                 fetch_policy: FetchPolicy | None = None):
+                 fetch_policy: FetchPolicy | None = None, hubspot_api=lambda: None):
         self.config = config
         self.store = store
         self.outbox = Outbox(store)
         self.client = client or aircall.SendClient(config.aircall)
         self.fetch_policy = fetch_policy or FetchPolicy.from_config(config.fetch)
         self.actions = None  # connector.crm.hubspot_actions.WorkflowActions, made when first needed
+        # The HubSpot writer's client, when this process has one: completions then draw on
+        # its rate-limit budget and respect its daily-limit stop (one portal, one budget).
+        self.hubspot_api = hubspot_api
 
     def run_once(self, owner: str | None = None) -> int:
         from ..store import new_owner_id
@@ -119,7 +122,7 @@ class OutboundSender:
                 continue  # another worker is completing it
             if self.actions is None:
                 from ..crm.hubspot_actions import WorkflowActions
-                self.actions = WorkflowActions(self.config)
+                self.actions = WorkflowActions(self.config, self.hubspot_api())
             outputs = hubspot_outputs(m)
             try:
                 self.actions.complete(m.idem_key.removeprefix("hubspot:"), outputs)
