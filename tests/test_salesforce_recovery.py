@@ -129,6 +129,33 @@ def test_intents_of_a_lost_collections_create_remember_what_it_sent(make_runtime
     assert not calls_to(rsps, "POST", "/sobjects/Task/")
 
 
+def test_lost_create_of_a_custom_object_is_found_though_salesforce_spells_numbers_and_datetimes_its_way(
+        make_runtime, rsps):
+    custom = str(ROOT / "mappings/examples/salesforce-custom-object.yaml")
+    rt = make_runtime(salesforce=live(external_id_field="", mapping=custom), hubspot={"mode": "off"})
+    writer = rt.pipeline.writers["salesforce"]
+    add_login(rsps)
+    add_search(rsps, [contact("003C", "(870) 457-5426")])
+    made = f"{API}/sobjects/MMS_Message__c/"
+    rsps.add(responses.POST, made, body=requests.ReadTimeout("read timed out"))  # made, answer lost
+    rsps.add(responses.POST, made, status=201, json={"id": "a01SECOND", "success": True})
+    event = aircall.parse(aircall_payload("sms_received"))
+    with pytest.raises(TransientError):
+        writer.deliver(event, ctx_for(rt, event))
+
+    sent = render(event, ctx_for(rt, event), "create", writer.mapping, who_id="003C")["body"]
+    assert sent["Media_Count__c"] == 0 and sent["Sent_At__c"] == "2024-08-02T13:23:09+00:00"
+    stored = {**sent, "attributes": {"type": "MMS_Message__c"}, "Id": "a01MADE",
+              "Media_Count__c": 0.0,                         # a Number field reads back as 0.0
+              "Sent_At__c": "2024-08-02T13:23:09.000+0000",  # a DateTime as SOQL returns it
+              "Body__c": sent["Body__c"].replace("\n", "\r\n")}
+    del stored["Contact__c"]
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 1, "done": True, "records": [stored]})
+    out = writer.deliver(event, ctx_for(rt, event))
+    assert len(calls_to(rsps, "POST", "/sobjects/MMS_Message__c/")) == 1  # no second record
+    assert out.result["id"] == "a01MADE" and out.result["recovered"] is True
+
+
 # -- with an external id: a retried upsert finds the record and updates it --------------
 @pytest.mark.parametrize("mapping,sobject,create_only", [
     (None, "Task", "TaskSubtype"),

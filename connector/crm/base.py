@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -157,8 +159,31 @@ class CrmFile:
 def content_digest(value: str | dict | None) -> str:
     """What an intent keeps of what a create sent (a body, or a record's field values), to
     recognise that record in the CRM later; blind to whitespace (CRMs store line breaks as
-    \\r\\n) and short (a body can be 64 KB)."""
+    \\r\\n) and to how a CRM spells a value it reads back (``_field_value``), and short
+    (a body can be 64 KB)."""
     if isinstance(value, dict):
-        value = json.dumps({k: "" if v is None else " ".join(str(v).split()) for k, v in value.items()},
-                           sort_keys=True)
+        value = json.dumps({k: _field_value(v) for k, v in value.items()}, sort_keys=True)
     return hashlib.sha256(" ".join((value or "").split()).encode()).hexdigest()[:32]
+
+
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def _field_value(v) -> str:
+    """One field value as sent and as read back alike: Salesforce answers a Number sent as
+    0 with 0.0 and a DateTime sent as ...T13:23:09+00:00 with ...T13:23:09.000+0000."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(int(v)) if float(v).is_integer() else repr(float(v))
+    text = " ".join(str(v).split())
+    if _DATETIME.match(text):
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return text
+        if moment.tzinfo is not None:  # one instant, however its offset is written
+            return f"{round(moment.timestamp() * 1000)}ms"
+    return text
