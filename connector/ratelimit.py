@@ -34,26 +34,36 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 class TokenBucket:
-    """``rate`` tokens per ``per`` seconds, bursts up to ``capacity``."""
+    """``rate`` tokens per ``per`` seconds, bursts up to ``capacity``.
+
+    Kept as the moment the bucket would be full again (``full_at``, GCRA's theoretical
+    arrival time): a reservation of ``cost`` at ``t`` may be used from
+    ``full_at + (cost - capacity) / fill`` on, and moves ``full_at`` to
+    ``max(full_at, send time) + cost / fill``. Charging a token at the time it is really
+    used is what lets two buckets agree on one send time (``acquire_together``)."""
 
     def __init__(self, rate: float, per: float = 1.0, capacity: float | None = None,
                  clock=time.monotonic, sleep=time.sleep):
         self.fill_per_second = rate / per
         self.capacity = capacity if capacity is not None else rate
-        self.tokens = self.capacity
         self.clock = clock
         self.sleep = sleep
-        self.updated = clock()
+        self.full_at = clock()
         self.lock = threading.Lock()
 
+    def _earliest(self, cost: float, now: float) -> float:
+        return max(now, self.full_at + (cost - self.capacity) / self.fill_per_second)
+
+    def _charge(self, cost: float, at: float) -> None:
+        self.full_at = max(self.full_at, at) + cost / self.fill_per_second
+
     def _reserve(self, cost: float) -> float:
-        """Take ``cost`` tokens (possibly going negative); seconds to wait before using them."""
+        """Take ``cost`` tokens; seconds to wait before using them."""
         with self.lock:
             now = self.clock()
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.fill_per_second)
-            self.updated = now
-            self.tokens -= cost
-            return 0.0 if self.tokens >= 0 else -self.tokens / self.fill_per_second
+            at = self._earliest(cost, now)
+            self._charge(cost, at)
+            return at - now
 
     def acquire(self, cost: float = 1) -> float:
         """Block until ``cost`` calls may be made; returns the seconds waited."""
@@ -68,22 +78,27 @@ class Unlimited:
         return 0.0
 
 
-# Reserve ``cost`` tokens (the balance may go negative) and answer how long the caller
-# waits before using them: the same arithmetic as TokenBucket._reserve, atomic in Redis.
-# Redis's TIME is the one clock every machine shares. Floats travel as strings (Redis
-# truncates Lua numbers to integers).
+# Reserve ``cost`` from every bucket in KEYS at one send time, the earliest all of them
+# allow, and answer how long the caller waits for it: TokenBucket's arithmetic, atomic in
+# Redis. ARGV: cost, then fill per second and capacity of each key. Redis's TIME is the
+# one clock every machine shares; floats travel as strings (Redis truncates Lua numbers).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local fill, cap, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
-local tokens, updated = tonumber(state[1]), tonumber(state[2])
-if tokens == nil or updated == nil then tokens, updated = cap, now end
-tokens = math.min(cap, tokens + math.max(0, now - updated) * fill) - cost
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(((cap - tokens) / fill + 60) * 1000))
-if tokens >= 0 then return '0' end
-return tostring(-tokens / fill)
+local cost = tonumber(ARGV[1])
+local full, at = {}, now
+for i, key in ipairs(KEYS) do
+  local fill, cap = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  full[i] = tonumber(redis.call('HGET', key, 'full_at')) or now
+  at = math.max(at, full[i] + (cost - cap) / fill)
+end
+for i, key in ipairs(KEYS) do
+  local fill = tonumber(ARGV[2 * i])
+  local f = math.max(full[i], at) + cost / fill
+  redis.call('HSET', key, 'full_at', tostring(f))
+  redis.call('PEXPIRE', key, math.ceil((f - now + 60) * 1000))
+end
+return tostring(at - now)
 """
 
 
@@ -99,6 +114,7 @@ class RedisTokenBucket:
     def __init__(self, client, key: str, rate: float, per: float = 1.0, capacity: float | None = None,
                  sleep=time.sleep, clock=time.monotonic):
         self.key = key
+        self.client = client
         self.fill_per_second = rate / per
         self.capacity = capacity if capacity is not None else rate
         self.sleep = sleep
@@ -107,12 +123,18 @@ class RedisTokenBucket:
         self._clock = clock
         self._local_until = 0.0  # Redis failed: the local bucket until then
 
-    def _reserve(self, cost: float) -> float:
-        if self._clock() < self._local_until:
+    @property
+    def shared(self) -> bool:
+        return self._clock() >= self._local_until
+
+    def _reserve(self, cost: float, others: tuple["RedisTokenBucket", ...] = ()) -> float:
+        if not self.shared:
             return self._fallback._reserve(cost)
+        buckets = (self, *others)
         try:
-            return float(self._script(keys=[self.key], args=[repr(self.fill_per_second),
-                                                             repr(self.capacity), repr(cost)]))
+            return float(self._script(keys=[b.key for b in buckets],
+                                      args=[repr(cost), *(repr(v) for b in buckets
+                                                          for v in (b.fill_per_second, b.capacity))]))
         except Exception as exc:  # Redis down: keep going at this process's own pace
             log.warning("shared rate limit %s unavailable (%s: %s); using a local bucket for %.0fs",
                         self.key, type(exc).__name__, exc, self.RETRY_AFTER)
@@ -125,6 +147,33 @@ class RedisTokenBucket:
         if wait > 0:
             self.sleep(wait)
         return wait
+
+
+def acquire_together(first, second, cost: float = 1) -> float:
+    """Block until one call may be made under both buckets (a HubSpot search: the search
+    limit and the 10-second one), charging each at the same send time; the seconds waited.
+
+    Taking one, then the other, would charge the first at a time the call does not go:
+    a search that then waits out a backlog of the 10-second bucket leaves at that bucket's
+    pace, back to back with the other searches that waited, over the search limit."""
+    if isinstance(first, TokenBucket) and isinstance(second, TokenBucket):
+        locks = sorted((first.lock, second.lock), key=id)
+        with locks[0], locks[1]:
+            now = first.clock()
+            at = max(first._earliest(cost, now), second._earliest(cost, now))
+            first._charge(cost, at)
+            second._charge(cost, at)
+        wait = at - now
+        sleep = first.sleep
+    elif (isinstance(first, RedisTokenBucket) and isinstance(second, RedisTokenBucket)
+          and first.client is second.client and first.shared and second.shared):
+        wait = first._reserve(cost, (second,))
+        sleep = first.sleep
+    else:  # a bucket that is unlimited, or on its local fallback: one, then the other
+        return (first.acquire(cost) or 0.0) + (second.acquire(cost) or 0.0)
+    if wait > 0:
+        sleep(wait)
+    return wait
 
 
 def _sizes(config, crm: str, kind: str) -> tuple[float, float, float] | None:

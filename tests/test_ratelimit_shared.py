@@ -1,6 +1,8 @@
 """The rate limiter shared through Redis: one bucket per portal/org for every process."""
 from __future__ import annotations
 
+import time
+
 import redis
 
 from connector.config import load_config
@@ -95,7 +97,62 @@ def test_a_redis_that_does_not_answer_is_asked_again_only_after_a_pause(tmp_path
         assert first >= 0.3 and clock.monotonic() - started < 0.1  # no socket timeout per call
 
 
-def test_a_search_takes_its_own_token_before_the_ten_second_one(tmp_path):
+class Clock:
+    """A clock the buckets read and sleep on: each sleep moves it on."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def most_in_one_second(times: list[float]) -> int:
+    return max(sum(1 for u in times if t <= u < t + 1 - 1e-3) for t in times)
+
+
+def test_searches_keep_their_pace_when_the_ten_second_bucket_is_backlogged(tmp_path):
+    from connector.crm.hubspot_api import HubSpotApi
+    cfg = load_config(data=base_config(tmp_path, hubspot={
+        "mode": "live", "access_token": "pat", "requests_per_10s": 100, "searches_per_second": 2}))
+    clock = Clock()
+    ten = TokenBucket(90, per=10, capacity=10, clock=clock, sleep=clock.sleep)
+    search = TokenBucket(2, per=1, capacity=1, clock=clock, sleep=clock.sleep)
+    api = HubSpotApi(cfg.hubspot, bucket=ten, search_bucket=search)
+    api.sleep = clock.sleep
+    for _ in range(28):  # a burst of writes: the 10 s bucket is 2 s behind
+        ten._reserve(1)
+    sent: list[float] = []
+    start = clock.now
+    for _ in range(8):  # searches queued behind it, each sent when its waits are over
+        clock.now = start  # as if all asked at once (each thread sleeps on its own)
+        api.call(lambda **kw: sent.append(clock.now), search=True)
+    assert most_in_one_second(sent) <= 2, sent  # searches_per_second, after the backlog too
+    assert sent[0] >= start + 2  # and none before the 10 s bucket's backlog is through
+
+
+def test_searches_from_several_processes_keep_their_pace_through_redis(redis_url):
+    from connector.ratelimit import acquire_together
+    url, prefix = redis_url
+    waits = Sleeps()
+    client = redis.Redis.from_url(url)
+    ten = RedisTokenBucket(client, f"{prefix}:ratelimit:joint:10s", rate=90, per=10, capacity=10, sleep=waits)
+    search = RedisTokenBucket(client, f"{prefix}:ratelimit:joint:search", rate=2, per=1, capacity=1, sleep=waits)
+    for _ in range(28):
+        ten._reserve(1)
+    due = []
+    for _ in range(8):  # as if from several processes at once: when each may send
+        asked = time.monotonic()
+        due.append(asked + acquire_together(search, ten))
+    due = [d - due[0] for d in due]
+    assert most_in_one_second(due) <= 2, due  # two a second, not the 10 s bucket's nine
+    assert waits.waits[0] >= 2 - 0.1  # and behind the writes' backlog
+
+
+def test_a_search_on_a_bucket_without_a_shared_store_takes_one_token_then_the_other(tmp_path):
     from connector.crm.hubspot_api import HubSpotApi
     taken = []
 
@@ -103,13 +160,11 @@ def test_a_search_takes_its_own_token_before_the_ten_second_one(tmp_path):
         def __init__(self, name):
             self.name = name
 
-        def acquire(self):
+        def acquire(self, cost=1):
             taken.append(self.name)
             return 0.0
 
     cfg = load_config(data=base_config(tmp_path, hubspot={"mode": "live", "access_token": "pat"}))
     api = HubSpotApi(cfg.hubspot, bucket=Bucket("10s"), search_bucket=Bucket("search"))
     api.call(lambda **kw: None, search=True)
-    # Waiting for a search token while holding a 10 s one would send the request on top
-    # of a window that refilled meanwhile.
     assert taken == ["search", "10s"]

@@ -30,7 +30,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from urllib3.util.retry import Retry
 
 from ..config import HubSpotConfig
-from ..ratelimit import TokenBucket, retry_after_seconds
+from ..ratelimit import TokenBucket, acquire_together, retry_after_seconds
 from .base import Meter, PermanentError, RateLimited, TransientError, WriteError
 
 TOKEN_REFRESH_MARGIN = 120  # seconds before expiry a token is refreshed
@@ -177,10 +177,9 @@ class HubSpotApi:
                               retry_after=self.daily_blocked_until - self.clock())
         self._ensure_token()
         for refreshed in (False, True):
-            # The search token first: a search queued behind others must not hold a token
-            # of the 10-second window while it waits (it would land on a refilled window).
-            waited = (self.search_bucket.acquire() or 0.0) if search else 0.0
-            waited += self.bucket.acquire() or 0.0
+            # A search takes both tokens for one send time (ratelimit.acquire_together).
+            waited = (acquire_together(self.search_bucket, self.bucket) if search
+                      else self.bucket.acquire()) or 0.0
             self.meter.waited(waited)
             try:
                 self.calls += 1
