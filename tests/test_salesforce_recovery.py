@@ -326,3 +326,18 @@ def test_collections_upsert_refused_for_existing_records_sends_their_updates(mak
         "Salesforce refused the record: INVALID_FIELD_FOR_INSERT_UPDATE")
     assert rt.store.get_record("salesforce", "m0")["object_id"] == "00T0"
     assert rt.store.get_record("salesforce", "m2") is None
+
+
+def test_an_external_id_on_several_records_is_a_dead_letter_that_names_them(sf, rsps):
+    rt, post, run = sf()
+    add_login(rsps)
+    add_search(rsps, [contact("003A", "+18704575426")])
+    copies = ["/services/data/v59.0/sobjects/Task/00TA", "/services/data/v59.0/sobjects/Task/00TB"]
+    rsps.add(responses.PATCH, UPSERT + "abdcSM11da5f0b1", status=300, json=copies)
+    post(aircall_payload("sms_received"))
+    run()
+    [row] = delivery_rows(rt)
+    assert row["state"] == DEAD
+    assert row["last_error"] == (
+        "Salesforce refused the request (HTTP 300): several records carry this external id (mark the field "
+        "Unique in Setup, then remove the copies): " + ", ".join(copies))

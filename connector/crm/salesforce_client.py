@@ -44,7 +44,9 @@ def error_items(content: Any) -> list[dict]:
     if isinstance(content, dict):
         content = [content]
     if isinstance(content, list):
-        return [c for c in content if isinstance(c, dict)]
+        items = [c for c in content if isinstance(c, dict)]
+        rest = [str(c) for c in content if not isinstance(c, dict)]  # 300: the records' URLs
+        return items + ([{"errorCode": "", "message": ", ".join(rest)[:500]}] if rest else [])
     return [{"errorCode": "", "message": str(content or "")[:500]}]
 
 
@@ -249,4 +251,7 @@ class SalesforceClient:
             raise RateLimited(f"Salesforce {detail}", retry_after=wait)
         if (isinstance(exc, SalesforceGeneralError) and exc.status >= 500) or codes & TRANSIENT_CODES:
             raise _Retryable(f"HTTP {exc.status}: {detail}")
+        if exc.status == 300:  # an upsert whose external id is on several records
+            raise Refused(f"Salesforce refused the request (HTTP 300): several records carry this "
+                          f"external id (mark the field Unique in Setup, then remove the copies): {detail}", codes)
         raise Refused(f"Salesforce refused the request (HTTP {exc.status}): {detail}", codes)
