@@ -247,6 +247,21 @@ def test_unknown_number_creates_record_once(sf, rsps, action, sobject, expected)
     assert rt.store.get_contact("salesforce", "+18704575426")["record_id"] == "NEW1"
 
 
+def test_a_number_remembered_as_unknown_under_skip_gets_its_lead_once_the_policy_creates(sf, rsps):
+    rt, post, run = sf(unknown_number={"action": "create_lead"})
+    rt.store.put_contact("salesforce", "+18704575426", "none", None, 300)  # from while it was skip
+    add_login(rsps)
+    add_search(rsps, [])
+    rsps.add(responses.GET, f"{API}/query/", json={"totalSize": 0, "done": True, "records": []})
+    rsps.add(responses.POST, f"{API}/composite/sobjects", json=[{"id": "00QNEW", "success": True, "errors": []}])
+    rsps.add(responses.PATCH, UPSERT + "abdcSM11da5f0b1", status=201, json={"id": "00T1", "success": True})
+    post(aircall_payload("sms_received"))
+    run()
+    [row] = delivery_rows(rt)
+    assert row["state"] == DELIVERED, row["last_error"]
+    assert [body_of(c)["WhoId"] for c in calls_to(rsps, "PATCH", "/sobjects/Task/")] == ["00QNEW"]
+
+
 def test_another_workers_create_in_progress_waits(sf, rsps):
     rt, post, run = sf(unknown_number={"action": "create_lead"})
     add_login(rsps)

@@ -214,7 +214,8 @@ class Matcher:
         out: dict[str, Link | WriteError] = {}
         mine = []
         for n in numbers:
-            if store.reserve_contact(TARGET, n, CREATING, CREATE_CLAIM_SECONDS):
+            # A remembered "no record" (from while the policy was skip) is taken over.
+            if store.reserve_contact(TARGET, n, CREATING, CREATE_CLAIM_SECONDS, replaces=(NONE,)):
                 mine.append(n)
             else:
                 out[n] = TransientError(f"another worker is creating the record for {n}", retry_after=5)
