@@ -376,8 +376,15 @@ class Store:
                     break
             if not ids:
                 return []
-            conn.execute(update(deliveries).where(deliveries.c.id.in_(ids)).values(
-                lease_until=now + lease_seconds, lease_owner=owner, updated_at=now))
+            # Checked again as the rows are taken: on PostgreSQL a worker whose lease ran out
+            # may have renewed it or finished the delivery since the SELECT (neither takes the
+            # claimers' lock), and its row must stay its own.
+            ids = [r.id for r in conn.execute(update(deliveries).where(
+                deliveries.c.id.in_(ids), deliveries.c.state.in_(OPEN_STATES),
+                or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until <= now)).values(
+                lease_until=now + lease_seconds, lease_owner=owner, updated_at=now).returning(deliveries.c.id))]
+            if not ids:
+                return []
             rows = conn.execute(
                 select(deliveries, inbox.c.payload, inbox.c.provider).join(inbox, inbox.c.id == deliveries.c.inbox_id)
                 .where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id))

@@ -121,3 +121,44 @@ def test_concurrent_claimers_never_hold_one_crm_record_twice(pg_store, pg_url):
     assert pg_store.pending_count() == 0
     assert all(t["state"] == DELIVERED for e in pg_store.list_events(limit=500)
                for t in e["targets"].values())
+
+
+def _between_select_and_lease(store: Store, action) -> None:
+    """Run ``action`` once, in another connection, after ``store``'s claim has chosen its
+    rows and before it leases them."""
+    from sqlalchemy import event
+    fired = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def hook(conn, cursor, statement, params, context, executemany):
+        if not fired and statement.startswith("UPDATE deliveries SET lease_until"):
+            fired.append(1)
+            action()
+
+
+def test_a_claim_never_takes_a_delivery_its_late_worker_finished_meanwhile(pg_store, pg_url):
+    _ingest(pg_store, "m1", targets=("hubspot",))
+    [mine] = pg_store.claim("A", lease_seconds=0.05)
+    time.sleep(0.1)  # A's lease ran out while its CRM call was slow
+    other = Store(pg_url)
+    try:
+        finished = []
+        _between_select_and_lease(other, lambda: finished.append(pg_store.finish(mine, DELIVERED, result={"id": "c-1"})))
+        assert other.claim("B", lease_seconds=60) == [] and finished == [True]
+    finally:
+        other.engine.dispose()
+    assert pg_store.get_delivery(mine.id)["state"] == DELIVERED
+
+
+def test_a_claim_never_takes_a_delivery_whose_worker_renewed_its_lease_meanwhile(pg_store, pg_url):
+    _ingest(pg_store, "m1", targets=("hubspot",))
+    [mine] = pg_store.claim("A", lease_seconds=0.05)
+    time.sleep(0.1)
+    other = Store(pg_url)
+    try:
+        renewed = []
+        _between_select_and_lease(other, lambda: renewed.append(pg_store.renew_leases([mine], 60)))
+        assert other.claim("B", lease_seconds=60) == []  # A goes on with its CRM call alone
+        assert renewed == [{mine.id}]
+    finally:
+        other.engine.dispose()
