@@ -1,11 +1,13 @@
 """Phone numbers: E.164 normalization and display formats (phonenumbers)."""
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import phonenumbers
 
 DEFAULT_REGION = "US"
+_DIGITS_ONLY = re.compile(r"[\d\s().-]+")  # digits and the separators numbers are written with
 
 
 @lru_cache(maxsize=8192)  # on the webhook path; lines and customers repeat all day
@@ -13,7 +15,10 @@ def to_e164(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
     """'(415) 555-0142', '+1 415 555 0142', '14155550142' -> '+14155550142'.
 
     Bare digits that already carry a country code (Aircall's ``raw_digits``) are tried
-    with a leading '+' first. Returns None when the input is not a plausible number.
+    with a leading '+' first; not a number written with an extension ('415-555-0142 x3',
+    '... #2'), whose extra digits would make it another country's ('+41555501423'): that
+    one is read in ``region``, extension dropped. Returns None when the input is not a
+    plausible number.
     """
     if not raw or not isinstance(raw, str):
         return None
@@ -22,7 +27,7 @@ def to_e164(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
         return None
     candidates = [s]
     digits = "".join(ch for ch in s if ch.isdigit())
-    if not s.startswith("+") and digits and len(digits) > 10:
+    if not s.startswith("+") and len(digits) > 10 and _DIGITS_ONLY.fullmatch(s):
         candidates.insert(0, "+" + digits)
     for cand in candidates:
         try:

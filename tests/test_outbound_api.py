@@ -213,3 +213,20 @@ def test_fetch_max_bytes_caps_what_is_fetched_for_sending(ort, httpserver):
     r = post(create_app(rt.config, rt).test_client(), {"from": LINE, "to": TO, "media": [url], "policy": "strict"})
     assert r.status_code == 422
     assert r.json["errors"] == ["Your file size exceeds the limit of 1 MB. Please reduce the file size and try again"]
+
+
+def test_sms_to_a_number_written_with_an_extension_goes_to_that_number(oclient, ort, httpserver):
+    # CRM phone fields often carry an extension; "415-555-0142 x3" is a San Francisco line.
+    r = oclient.post("/api/v1/messages", json={"from": LINE, "to": "415-555-0142 x3", "text": "hi"}, headers=AUTH)
+    assert r.status_code == 202, r.json
+    expect_send(httpserver)
+    ort.outbound.run_once()
+    assert [b["to"] for b in send_requests(httpserver)] == ["+14155550142"]
+
+
+def test_mms_to_a_canadian_number_written_with_an_extension_is_not_refused_for_its_country(oclient, httpserver):
+    url = serve_media(httpserver, "a.png", "png", 2000)
+    r = oclient.post("/api/v1/messages", json={"from": LINE, "to": "(604) 555-0142 x7", "text": "hi",
+                                               "media": [url]}, headers=AUTH)
+    assert r.status_code == 202, r.json
+    assert r.json["to"] == "+16045550142" and r.json["validation"]["errors"] == []
