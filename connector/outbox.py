@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from .store import (
     OUT_FAILED, OUT_QUEUED, OUT_REJECTED, OUT_SENDING, OUT_SENT, OUT_UNKNOWN, Store, _insert,
@@ -240,10 +240,12 @@ class Outbox:
             unknown = conn.execute(select(outbox).where(
                 outbox.c.state == OUT_UNKNOWN, outbox.c.created_at >= now - 7 * 86400).order_by(outbox.c.id)).fetchall()
             for u in unknown:
-                twins = conn.execute(select(func.count()).select_from(outbox).where(
+                # "Same text" as the match below takes it: the message seen may be a twin's
+                # whose text differs only by a trailing newline.
+                others = conn.execute(select(outbox.c.text).where(
                     outbox.c.id != u.id, outbox.c.line == u.line, outbox.c.recipient == u.recipient,
-                    outbox.c.text == u.text, outbox.c.state.in_((OUT_UNKNOWN, OUT_QUEUED, OUT_SENDING)))).scalar()
-                if twins:
+                    outbox.c.state.in_((OUT_UNKNOWN, OUT_QUEUED, OUT_SENDING)))).scalars()
+                if any(t.strip() == u.text.strip() for t in others):
                     continue
                 taken = select(outbox.c.provider_message_id).where(outbox.c.provider_message_id.is_not(None))
                 # Around the last attempt (updated_at: when it was found unknown), which may
@@ -275,8 +277,8 @@ class Outbox:
             values["provider_message_id"] = provider_message_id
         if state == OUT_SENT:  # the operator knows it went out: its old error no longer holds
             values["error"] = None
-        if state == OUT_QUEUED:
-            values["next_at"] = time.time()
+        if state == OUT_QUEUED:  # a new send: its own attempts, not the spent ones
+            values.update(next_at=time.time(), attempts=0, error=None)
         with self.store.write() as conn:
             return conn.execute(update(outbox).where(
                 outbox.c.id == id_, outbox.c.state.in_((OUT_UNKNOWN, OUT_FAILED)))

@@ -235,6 +235,46 @@ def test_unknown_send_is_reconciled_by_aircalls_webhook(oclient, ort, httpserver
     assert len(send_requests(httpserver)) == 1
 
 
+def test_an_unknown_send_is_not_given_a_twin_s_message_whose_text_ends_in_a_newline(oclient, ort, httpserver):
+    queue(oclient, "Your code is 1234", key="a")
+    expect_send(httpserver, {}, status=502)
+    ort.outbound.run_once()  # out_1: unknown (it may not have gone out)
+    queue(oclient, "Your code is 1234\n", key="b")  # a template ending in a new line
+    box = Outbox(ort.store)
+    [m] = box.claim("w2", lease_seconds=120)
+    assert box.begin_send(m)  # out_2 is being sent; Aircall's webhook for it comes first
+    hook = aircall_payload("message_sent")
+    hook["data"].update(id="SMb", raw_digits=TO.lstrip("+"), body="Your code is 1234\n",
+                        created_at=int(time.time() * 1000))
+    hook["data"]["number"]["digits"] = "+1 415-555-0100"
+    assert oclient.post("/webhooks/aircall", json=hook).status_code == 200
+    ort.outbound.sweep()
+    box.mark_sent(m, "SMb", {"id": "SMb"}, None)
+    rows = sorted(box.list(limit=10), key=lambda r: r.id)
+    assert [(r.state, r.provider_message_id) for r in rows] == [(OUT_UNKNOWN, None), (OUT_SENT, "SMb")]
+
+
+def test_a_failed_send_queued_again_by_the_operator_gets_its_attempts_afresh(ort, httpserver):
+    rt = ort.make(aircall={"send_max_attempts": 1},
+                  worker={"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.01})
+    queue(create_app(rt.config, rt).test_client())
+    for _ in range(2):  # an Aircall outage: the send gives up
+        expect_send(httpserver, {}, status=503)
+        time.sleep(0.02)
+        rt.outbound.run_once()
+    row = only_row(rt)
+    assert row.state == OUT_FAILED and row.attempts == 2
+    assert Outbox(rt.store).resolve(row.id, OUT_QUEUED)  # the operator: send it again
+    assert (only_row(rt).attempts, only_row(rt).error) == (0, None)
+    expect_send(httpserver, {}, status=503)  # one more hiccup: Aircall surely did not take it
+    rt.outbound.run_once()
+    assert only_row(rt).state == OUT_QUEUED
+    expect_send(httpserver)
+    time.sleep(0.02)
+    rt.outbound.run_once()
+    assert only_row(rt).state == OUT_SENT and len(send_requests(httpserver)) == 4
+
+
 def test_operator_resolves_an_unknown_send(oclient, ort, httpserver):
     queue(oclient)
     expect_send(httpserver, {}, status=500)
