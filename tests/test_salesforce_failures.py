@@ -182,3 +182,30 @@ def test_usage_near_allocation_parks_status_updates_only(sf, rsps):
     rows = delivery_rows(rt)
     assert rows[2]["state"] == DELIVERED
     assert rows[1]["state"] == RETRYING and rows[1]["next_at"] > time.time() + 500
+
+def test_status_updates_held_back_for_usage_go_once_a_fresh_reading_shows_it_fell(sf, rsps):
+    rt, post, run = sf(usage_pause_fraction=0.9)
+    client = rt.pipeline.writers["salesforce"].client
+    add_login(rsps)
+    add_search(rsps, [contact("003C", "+1 302 306 3029")])
+    rsps.add(responses.PATCH, UPSERT + "abcdSMc6Dc8ea2bc71ab19102c3de4f60ba18aa", status=201,
+             json={**OK, "id": "00TTASK1"}, headers={"Sforce-Limit-Info": "api-usage=95000/100000"})
+    post(aircall_payload("message_sent"))
+    run()
+    post(aircall_payload("status_delivered"))
+    run()
+    assert delivery_rows(rt)[1]["state"] == RETRYING  # held back: usage 95%
+    # Still the same figure inside usage_pause_seconds: nothing is asked.
+    due_now(rt)
+    run()
+    assert calls_to(rsps, "GET", "/limits/") == [] and delivery_rows(rt)[1]["state"] == RETRYING
+    # usage_pause_seconds later, with no new message to bring a figure, it is read afresh.
+    rsps.add(responses.GET, f"{API}/limits/", json={"DailyApiRequests": {"Max": 100000, "Remaining": 99000}})
+    rsps.add(responses.PATCH, f"{API}/sobjects/Task/00TTASK1", status=204)
+    client.usage_at -= rt.config.salesforce.usage_pause_seconds + 1
+    due_now(rt)
+    run()
+    assert len(calls_to(rsps, "GET", "/limits/")) == 1
+    assert delivery_rows(rt)[1]["state"] == DELIVERED
+    assert client.usage == (1000, 100000)
+

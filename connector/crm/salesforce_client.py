@@ -29,7 +29,7 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, wait_exp
 
 from ..config import SalesforceConfig
 from ..ratelimit import TokenBucket, Unlimited
-from .base import Meter, PermanentError, RateLimited, TransientError
+from .base import Meter, PermanentError, RateLimited, TransientError, WriteError
 
 log = logging.getLogger("connector.salesforce")
 
@@ -121,6 +121,7 @@ class SalesforceClient:
         self.limited_until = 0.0  # REQUEST_LIMIT_EXCEEDED cool-down
         self.limit_hits = 0
         self.usage: tuple[int, int] | None = None  # (used, allocation) from Sforce-Limit-Info
+        self.usage_at = 0.0  # when it was read
         self.calls = 0  # REST calls made (logins excluded), for benchmarks and logs
         self.meter = Meter("salesforce")
         # In-call backoff between quick retries (tests swap in tenacity.wait_none()).
@@ -173,9 +174,26 @@ class SalesforceClient:
 
     # -- calls -----------------------------------------------------------------------
     def near_allocation(self) -> bool:
-        """Usage reached ``usage_pause_fraction`` of the org's daily allocation."""
+        """Usage reached ``usage_pause_fraction`` of the org's daily (rolling 24 h)
+        allocation. A figure older than ``usage_pause_seconds`` is read again first
+        (``GET /limits``): held-back updates make no call that would bring a new one, and
+        usage falls as the day rolls on."""
+        if self.usage and self.clock() - self.usage_at > self.cfg.usage_pause_seconds:
+            self._read_usage()
         return bool(self.usage and self.usage[1]
                     and self.usage[0] >= self.cfg.usage_pause_fraction * self.usage[1])
+
+    def _read_usage(self) -> None:
+        self.usage = None  # unknown unless the answer tells
+        try:
+            limits = self.call("limits/")
+        except WriteError as exc:
+            log.warning("salesforce: could not read API usage (%s); status updates go on", exc)
+            return
+        daily = limits.get("DailyApiRequests") if isinstance(limits, dict) else None
+        if isinstance(daily, dict) and daily.get("Max"):
+            self.usage = (int(daily["Max"]) - int(daily.get("Remaining", 0)), int(daily["Max"]))
+            self.usage_at = self.clock()
 
     def check_limited(self) -> None:
         wait = self.limited_until - self.clock()
@@ -209,6 +227,7 @@ class SalesforceClient:
         while True:
             self.meter.waited(self.bucket.acquire() or 0.0)
             self.calls += 1
+            sf.api_usage = {}  # simple-salesforce keeps the last answer's figure: only a new one counts
             try:
                 result = sf.restful(path, method=method, **kwargs)
             except SalesforceExpiredSession as exc:
@@ -236,6 +255,7 @@ class SalesforceClient:
         usage = sf.api_usage.get("api-usage") if sf.api_usage else None
         if usage:
             self.usage = (usage.used, usage.total)
+            self.usage_at = self.clock()
             self.meter.usage(usage.used, usage.total)
 
     def _raise_for(self, exc: SalesforceError) -> None:
