@@ -11,6 +11,10 @@ from .config import ConfigError, find_config_file, load_config
 config_option = click.option(
     "--config", "config_path", default=None, metavar="FILE",
     help="Config file (default: config.yaml, then config.example.yaml).")
+# Row ids are INTEGER columns (int4 on PostgreSQL): a larger one is a usage error, not a
+# database error; a negative limit likewise.
+DELIVERY_ID = click.IntRange(1, 2**31 - 1)
+LIMIT = click.IntRange(min=1)
 
 
 def _load(config_path: str | None):
@@ -267,7 +271,7 @@ def _parse_since(value: str | None) -> float | None:
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option("--limit", default=50, show_default=True, help="How many events, newest first.")
+@click.option("--limit", default=50, show_default=True, type=LIMIT, help="How many events, newest first.")
 @click.option("--state", default=None, type=click.Choice(["pending", "retrying", "delivered", "dry-run", "dead", "skipped"]))
 @click.option("--crm", default=None, type=click.Choice(["hubspot", "salesforce"]))
 @click.option("--since", default=None, help="Only events received at or after this time.")
@@ -316,7 +320,7 @@ def dead_letters():
 @dead_letters.command("list")
 @config_option
 @click.option("--crm", default=None, type=click.Choice(["hubspot", "salesforce"]))
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", default=100, show_default=True, type=LIMIT)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def dead_letters_list(config_path, crm, limit, as_json):
     """Dead letters, oldest first: delivery id, CRM, message, attempts, reason."""
@@ -334,7 +338,7 @@ def dead_letters_list(config_path, crm, limit, as_json):
 
 @dead_letters.command("show")
 @config_option
-@click.argument("delivery_id", type=int)
+@click.argument("delivery_id", type=DELIVERY_ID)
 def dead_letters_show(config_path, delivery_id):
     """One delivery in full: state, reason, the stored webhook, what was rendered."""
     from .logs import Redactor, config_secrets
@@ -351,7 +355,7 @@ def dead_letters_show(config_path, delivery_id):
 
 @dead_letters.command("replay")
 @config_option
-@click.argument("delivery_id", type=int, required=False)
+@click.argument("delivery_id", type=DELIVERY_ID, required=False)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
 @click.option("--crm", default=None, type=click.Choice(["hubspot", "salesforce"]),
               help="With --all: only this CRM's dead letters.")

@@ -119,7 +119,7 @@ def outbox_group():
 @outbox_group.command("list")
 @config_option
 @click.option("--state", type=click.Choice(["queued", "sending", "sent", "unknown", "failed", "rejected"]))
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 def outbox_list(config_path, state, limit, as_json):
     """Outbound sends, newest first."""

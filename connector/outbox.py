@@ -58,9 +58,10 @@ class OutboundMessage:
 
     @staticmethod
     def row_id(public_id: str) -> int | None:
-        """``out_12`` -> 12; None for anything else (ASCII digits, at most 18)."""
+        """``out_12`` -> 12; None for anything else (ASCII digits, within the id column's
+        INTEGER range: a larger one is no send, not a database error)."""
         m = re.fullmatch(r"out_([0-9]{1,18})", public_id or "")
-        return int(m.group(1)) if m else None
+        return int(m.group(1)) if m and 0 < int(m.group(1)) < 2**31 else None
 
     def to_dict(self) -> dict:
         return {"id": self.public_id, "state": self.state, "source": self.source,

@@ -153,3 +153,29 @@ def test_events_filters(setup):
     assert bad.exit_code == 2 and "ISO 8601" in bad.output
     plain = cli("events", "--state", "pending").output
     assert "late-1" in plain and "hubspot=pending" in plain
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store_cli(request, tmp_path):
+    extra = {} if request.param == "sqlite" else {"store": {"url": request.getfixturevalue("pg_url")}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path, **extra)))
+    return lambda *args: CliRunner().invoke(main, [*args, "--config", str(path)])
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (("dead-letters", "replay", "99999999999999999999"), "is not in the range 1<=x<=2147483647"),
+    (("dead-letters", "show", "2147483648"), "is not in the range 1<=x<=2147483647"),
+    (("dead-letters", "show", "0"), "is not in the range 1<=x<=2147483647"),
+    (("dead-letters", "list", "--limit", "-1"), "is not in the range x>=1"),
+    (("events", "--limit", "-1"), "is not in the range x>=1"),
+    (("outbox", "list", "--limit", "0"), "is not in the range x>=1"),
+])
+def test_numbers_no_row_can_have_are_usage_errors_not_database_errors(any_store_cli, args, complaint):
+    out = any_store_cli(*args)
+    assert out.exit_code == 2 and complaint in out.output, (out.exception, out.output)
+
+
+def test_a_send_id_past_the_id_column_is_no_send(any_store_cli):
+    out = any_store_cli("outbox", "resolve", "out_2147483648", "--failed")
+    assert out.exit_code == 2 and "use the id `outbox list` shows, e.g. out_12" in out.output, out.output
