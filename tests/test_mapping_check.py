@@ -252,3 +252,50 @@ def test_check_command_reports_a_bad_date_and_encoding_without_a_traceback(tmp_p
     assert run.stderr.splitlines() == [
         f"{draft}:{line}:19: `ActivityDate` takes a date as YYYY-MM-DD (e.g. 2026-11-20), not `2026-02-30`",
         "1 error(s) in mapping files"]
+
+
+SF_TASK = """\
+object: Task
+{options}entries:
+  inbound:
+    Subject: "SMS from {{{{ external.e164 }}}}"
+    Description: "{{{{ body_text }}}}"
+  outbound:
+    Description: "{{{{ body_text }}}}"
+  status:
+    Description: "{{{{ body_text }}}}"
+"""
+
+
+@pytest.mark.parametrize("option, error", [
+    # Task has no Who_Id: Salesforce would refuse every create.
+    ("who_field: Who_Id", "F:2:12: who_field: Task has no field `Who_Id`; did you mean `WhoId`?"),
+    # A matched Lead would get a Task linked to nobody.
+    ("who_field: {Contact: WhoId, Laed: WhoId}",
+     "F:2:12: who_field: `Laed` is not a record type the connector matches "
+     "(use Contact, Lead, Account, PersonAccount); did you mean `Lead`?"),
+    ("what_field: What", "F:2:13: what_field: Task has no field `What`; did you mean `WhatId`?"),
+    ("who_field: [WhoId]", "F:2:12: who_field must be a field name or {Contact: ..., Lead: ...}"),
+])
+def test_link_fields_are_checked_against_the_object(tmp_path, option, error):
+    assert errors_of(tmp_path, SF_TASK.format(options=option + "\n"), "salesforce") == [error]
+
+
+def test_an_account_is_linked_through_what_field_when_who_field_names_contacts_and_leads(tmp_path):
+    from connector.crm.salesforce_match import link_field
+    path = tmp_path / "salesforce.yaml"
+    path.write_text(SF_TASK.format(options="who_field: {Contact: WhoId, Lead: WhoId}\nwhat_field: WhatId\n"))
+    mapping = Mapping.load(path, "salesforce")
+    assert [link_field(mapping, t) for t in ("Contact", "Lead", "Account")] == ["WhoId", "WhoId", "WhatId"]
+
+
+def test_a_custom_field_setting_given_twice_is_an_error(tmp_path):
+    text = "custom_fields:\n  sms_line:\n    type: text\n    max_length: 100\n    max_length: 10\n" + HUBSPOT
+    assert "F:5:5: `max_length` appears twice in custom_fields.sms_line; keep one" in errors_of(tmp_path, text)
+
+
+def test_picklist_options_that_are_not_a_list_are_an_error(tmp_path):
+    text = ("custom_fields:\n  sms_dir: {type: picklist, options: 'Inbound, Outbound'}\n"
+            + HUBSPOT.replace("  status:\n", "  status:\n    sms_dir: Inbound\n"))
+    assert "F:2:12: custom_fields.sms_dir: options must be a list, e.g. options: [Inbound, Outbound]" \
+        in errors_of(tmp_path, text)

@@ -301,8 +301,8 @@ class Matcher:
 def link_field(mapping, record_type: str = "Contact") -> str:
     """The lookup field that ties the record to a Contact/Lead (WhoId) or an Account (WhatId)."""
     who = mapping.options.get("who_field", "WhoId")
-    if isinstance(who, dict):
-        return str(who.get(record_type) or "")
+    if isinstance(who, dict) and record_type in who:
+        return str(who[record_type] or "")
     if record_type == "Account":
         return str(mapping.options.get("what_field", "WhatId") or "")
-    return str(who or "")
+    return "" if isinstance(who, dict) else str(who or "")

@@ -26,6 +26,7 @@ from .variables import check_template, sample_contexts
 KINDS = ("inbound", "outbound", "status")
 SECTIONS = ("object", "custom_fields", "entries")
 OPTIONS = {"hubspot": (), "salesforce": ("who_field", "what_field")}
+LINK_TYPES = ("Contact", "Lead", "Account", "PersonAccount")  # record types a who_field may name
 _YAML_TAGS = "tag:yaml.org,2002:"
 _NULL_TAG = _YAML_TAGS + "null"
 
@@ -207,8 +208,8 @@ class _Loader:
             else:
                 obj = str(node.value).strip()
                 self.check_object(node, obj)
-        self.link_fields = self.linked(top)
         custom = self.custom_fields(top["custom_fields"][1]) if "custom_fields" in top else {}
+        self.link_fields = self.linked(top, obj, custom)
         entries: dict[str, dict[str, FieldMap]] = {}
         if "entries" not in top or not isinstance(top["entries"][1], MappingNode):
             where = top["entries"][1] if "entries" in top else root
@@ -251,15 +252,36 @@ class _Loader:
             self.at(node, f"`{obj}` is neither a standard Salesforce object the connector knows nor a custom "
                     "object (`__c`): its fields are not checked" + F.suggest(obj, F.SALESFORCE_OBJECTS), "warning")
 
-    def linked(self, top: dict) -> set[str]:
-        """Fields the writer fills with the matched record (Salesforce who_field/what_field)."""
+    def linked(self, top: dict, obj: str, custom: dict[str, F.Field]) -> set[str]:
+        """Fields the writer fills with the matched record (Salesforce who_field/what_field),
+        each checked: a typo would send a field the object lacks, or leave a Task unlinked."""
         if self.crm != "salesforce":
             return set()
         out = {"WhoId"} if "who_field" not in top else set()
+        known = F.known_fields(self.crm, obj)
         for key in ("who_field", "what_field"):
-            if key in top:
-                value = self.scalar(top[key][1])
-                out |= {str(v) for v in (value.values() if isinstance(value, dict) else [value]) if v}
+            if key not in top:
+                continue
+            node = top[key][1]
+            value = self.scalar(node)
+            if isinstance(value, dict) and key == "who_field":
+                for rtype in value:
+                    if rtype not in LINK_TYPES:
+                        self.at(node, f"who_field: `{rtype}` is not a record type the connector matches "
+                                f"(use {', '.join(LINK_TYPES)})" + F.suggest(str(rtype), LINK_TYPES))
+                names = [v for v in value.values() if v]
+            elif value is None or isinstance(value, str):
+                names = [value] if value else []
+            else:
+                self.at(node, f"{key} must be a field name" + (" or {Contact: ..., Lead: ...}" if key == "who_field" else ""))
+                continue
+            for name in names:
+                if not isinstance(name, str):
+                    self.at(node, f"{key}: `{name}` is not a field name")
+                elif known is not None and name not in known and name not in custom:
+                    self.at(node, f"{key}: {obj} has no field `{name}`" + F.suggest(name, list(known)))
+                else:
+                    out.add(name)
         return out
 
     def custom_fields(self, node: Node) -> dict[str, F.Field]:
@@ -268,6 +290,8 @@ class _Loader:
             self.at(node, "custom_fields must map field names to {type, max_length}")
             return out
         for name, k, v in self.pairs(node, "custom_fields"):
+            if isinstance(v, MappingNode):
+                self.pairs(v, f"custom_fields.{name}")  # a key given twice is an error, not "the last wins"
             spec = self.scalar(v)
             if isinstance(spec, int) and not isinstance(spec, bool):
                 spec = {"max_length": spec}
@@ -287,6 +311,8 @@ class _Loader:
             if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
                 self.at(v, f"custom_fields.{name}: max_length must be a whole number of characters")
                 max_length = None
+            if "options" in spec and not isinstance(spec["options"], list):
+                self.at(v, f"custom_fields.{name}: options must be a list, e.g. options: [Inbound, Outbound]")
             options = _options_text(v) if isinstance(spec.get("options"), list) else ()
             out[name] = F.Field(name, ftype, max_length=max_length, read_only=bool(spec.get("read_only")),
                                 options=options)
