@@ -432,6 +432,18 @@ class MediaConfig(_Section):
             raise ValueError("must be at least 16 characters (or empty to generate one)")
         return v
 
+    @field_validator("previous_signing_secrets")
+    @classmethod
+    def _previous_length(cls, v: list[str]) -> list[str]:
+        # Every one of them signs valid links: an empty one would let anyone sign.
+        for secret in v:
+            if not secret:
+                raise ValueError("an entry is empty (is its environment variable set?); an empty key "
+                                 "would let anyone sign links: remove it")
+            if len(secret) < 16:
+                raise ValueError("each entry must be at least 16 characters, as signing_secret")
+        return v
+
     @model_validator(mode="after")
     def _bucket_needs_a_shared_secret(self) -> "MediaConfig":
         # A generated secret lives in each machine's own media.dir: links signed by one

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 import media_files as mf
-from conftest import TOKEN
+from conftest import TOKEN, base_config
+from connector.config import ConfigError, load_config
 from connector.cli import main as cli
 from connector.media.collect import MediaBusy
 from connector.media.links import LinkSigner
@@ -156,6 +157,27 @@ def test_links_serve_the_file_with_its_real_type_and_safe_headers(env, provider)
         assert views[name].link == "" and not (views[name].supported and views[name].available)
     assert views["long.pdf"].reason == "too large (1 MB; the limit is 600 KB)"
     assert views["clip.mp4"].reason == "unsupported format (video/mp4)"
+
+
+@pytest.mark.parametrize("old", ["", "short"])
+def test_a_previous_signing_secret_must_be_a_real_key(tmp_path, old):
+    # Every previous secret signs valid links: "${OLD_MEDIA_SECRET:-}" left unset would be
+    # the empty key, with which anyone can sign a link to any message's files.
+    with pytest.raises(ConfigError) as info:
+        load_config(data=base_config(tmp_path, media={"signing_secret": "s" * 32, "previous_signing_secrets": [old]}))
+    assert "media.previous_signing_secrets" in str(info.value.errors)
+
+
+def test_links_signed_with_an_empty_key_are_refused_whatever_the_signer_is_given():
+    from itsdangerous import URLSafeSerializer
+
+    from connector.media.links import InvalidLink
+    signer = LinkSigner(PUBLIC, "s" * 32, previous=[""])
+    forged = URLSafeSerializer("", salt="connector.media.link").dumps({"m": MID, "i": 0, "x": int(time.time()) + 10 ** 8})
+    with pytest.raises(InvalidLink):
+        signer.read(forged)
+    with pytest.raises(ValueError):
+        LinkSigner(PUBLIC, "")
 
 
 def test_tampered_forged_and_extended_links_are_refused(env, provider):

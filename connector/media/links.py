@@ -55,8 +55,10 @@ def load_or_create_secret(directory: Path) -> str:
 class LinkSigner:
     def __init__(self, base_url: str, secret: str, previous: list[str] | None = None):
         self.base_url = base_url.rstrip("/")
-        # itsdangerous signs with the last key and accepts any of them.
-        self._serializer = URLSafeSerializer([*(previous or []), secret], salt=_SALT)
+        if not secret:
+            raise ValueError("links need a signing secret")
+        # itsdangerous signs with the last key and accepts any of them: never an empty one.
+        self._serializer = URLSafeSerializer([*(k for k in previous or [] if k), secret], salt=_SALT)
 
     def token(self, message_id: str, index: int | None, expires_at: float) -> str:
         """A token for one attachment (``index``) or the whole message (None)."""
