@@ -482,3 +482,29 @@ def test_a_shortened_retention_applies_to_media_already_stored(env, provider, mo
     assert resp.status_code == 410 and UNAVAILABLE in resp.get_data(as_text=True)
     assert rt2.media.purge() == (1, len(FILES["/m/front.png"][0]))
     assert rt2.store.media_rows(MID)[0]["state"] == "expired"
+
+
+def test_a_copy_stored_by_a_fetch_that_lost_its_lease_is_not_kept_past_retention(env, provider, httpserver):
+    from connector.providers.aircall import parse
+    httpserver.expect_ordered_request("/m/flaky.png").respond_with_data(mf.png(), content_type="image/png")
+    httpserver.expect_request("/m/flaky.png").respond_with_data("expired", status=404)
+    rt, _ = env(media={"fetch_attempts": 1})
+    event = parse(mf.mms_payload("SMlease", [(url(httpserver, "/m/flaky.png"), "flaky.png", "image/png")], TOKEN))
+    collector = rt.media.collector
+    real = collector._fetch_and_keep
+
+    def slow_worker(message_id, idx, item, profile):
+        values = real(message_id, idx, item, profile)  # worker A fetched and stored the file...
+        # ...but outlived its lease: worker B takes over; the URL has expired: unavailable.
+        with rt.store.engine.begin() as conn:
+            conn.execute(media_table.update().values(lease_until=0))
+        collector._fetch_and_keep = real
+        collector.collect(message_id, event.media, rt.config.outbound.profiles["default"])
+        return values
+
+    collector._fetch_and_keep = slow_worker
+    rt.media(event)
+    [row] = rt.store.media_rows("SMlease")
+    assert (row["state"], row["path"]) == ("unavailable", None)
+    files = [p for p in rt.media.root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert files == []  # no copy that no row points at (purge would never find it)

@@ -105,7 +105,9 @@ class MediaCollector:
         failure = None
         for idx, fut in futures:
             try:
-                self.store.media_finish(message_id, idx, owner, **fut.result())
+                values = fut.result()
+                if not self.store.media_finish(message_id, idx, owner, **values):
+                    self._drop_unkept(message_id, idx, values.get("path"))
             except Exception as exc:  # disk full, store down: let a retry take it over
                 self.store.media_release(message_id, idx, owner)
                 failure = failure or exc
@@ -116,6 +118,16 @@ class MediaCollector:
             raise MediaBusy(f"media of message {message_id} is being fetched by another worker",
                             retry_after=2, whole_crm=False)
         return self.store.media_rows(message_id)
+
+    def _drop_unkept(self, message_id: str, idx: int, key: str | None) -> None:
+        """This fetch outlived its lease and another worker settled the attachment: a file
+        it stored that the row does not point at would never be purged (retention)."""
+        if not key:
+            return
+        row = next((r for r in self.store.media_rows(message_id) if r["idx"] == idx), None)
+        if row is not None and row["state"] != MEDIA_FETCHING and row["path"] != key:
+            self.storage.delete(key)
+            log.info("message %s attachment %d: its copy from a lost lease deleted", message_id, idx + 1)
 
     def _fetch_and_keep(self, message_id: str, idx: int, item: Media, profile: CarrierProfile) -> dict:
         now = time.time()
