@@ -508,3 +508,20 @@ def test_a_copy_stored_by_a_fetch_that_lost_its_lease_is_not_kept_past_retention
     assert (row["state"], row["path"]) == ("unavailable", None)
     files = [p for p in rt.media.root.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert files == []  # no copy that no row points at (purge would never find it)
+
+
+@pytest.mark.parametrize("sent, shown", [
+    ("\uff0e\uff0e\uff0fetc\uff0fpasswd.png", "passwd.png"),  # fullwidth ../etc/
+    ("\ufe68\ufe68x.png", "x.png"),  # small reverse solidus: "\\x.png" in a plain-ASCII name
+    ("invoice\u202egnp.pdf", "invoicegnp.pdf"),  # a right-to-left override shows "invoicefdp.png"
+])
+def test_names_carry_no_look_alike_path_or_direction_tricks(env, provider, sent, shown):
+    import unicodedata
+    rt, client = env()
+    src = "/m/quote.pdf" if sent.endswith(".pdf") else "/m/front.png"
+    receive(rt, client, provider, items=[(src, sent, FILES[src][1])], message_id="SMuni")
+    [view], _ = rt.media.views("SMuni")
+    assert view.name == shown
+    disposition = client.get(path_of(view.link)).headers["Content-Disposition"]
+    ascii_name = unicodedata.normalize("NFKD", disposition.split("filename=", 1)[1].split(";", 1)[0])
+    assert "/" not in ascii_name and "\\" not in ascii_name and "\u202e" not in disposition, disposition

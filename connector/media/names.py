@@ -7,7 +7,10 @@ import unicodedata
 # The extensions a supported type may carry; the first is the one given when it has none.
 EXTENSIONS = {"image/png": (".png",), "image/jpeg": (".jpg", ".jpeg", ".jpe"),
               "image/gif": (".gif",), "application/pdf": (".pdf",)}
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]+')
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"/\\|?*]+')
+# / and \ and their look-alikes, which a client's plain-ASCII fallback name (NFKD) turns
+# into the real ones: "．．／etc／passwd.png" would be offered as "../etc/passwd.png".
+_SEPARATORS = re.compile("[/\\\\\u2215\u2216\u29f8\u29f9\ufe68\uff0f\uff3c]")
 # File systems allow 255 bytes per name; leave room for " (12)" and the extension.
 STEM_BYTES = 200
 
@@ -18,8 +21,11 @@ def safe_filename(name: str, position: int, media_type: str | None) -> str:
     ``position`` (1-based) names attachments that came without a usable name.
     """
     name = unicodedata.normalize("NFC", name or "")
-    name = re.split(r"[/\\]", name)[-1]
-    name = _UNSAFE.sub("_", name).strip(" .")
+    # Invisible format characters (a right-to-left override shows "invoice\u202egnp.pdf"
+    # as "invoicefdp.png"; zero-width ones) and line separators go.
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cf", "Zl", "Zp"))
+    name = _SEPARATORS.split(name)[-1]
+    name = _UNSAFE.sub("_", name).strip(" .\uff0e")
     stem, dot, ext = name.rpartition(".")
     if not dot:
         stem, ext = name, ""
