@@ -299,3 +299,33 @@ def test_picklist_options_that_are_not_a_list_are_an_error(tmp_path):
             + HUBSPOT.replace("  status:\n", "  status:\n    sms_dir: Inbound\n"))
     assert "F:2:12: custom_fields.sms_dir: options must be a list, e.g. options: [Inbound, Outbound]" \
         in errors_of(tmp_path, text)
+
+
+def test_a_salesforce_rich_text_field_is_cut_to_its_length_and_check_says_so(tmp_path):
+    from connector.crm import salesforce
+    from connector.crm.base import DeliveryContext
+    from connector.providers import aircall
+    from connector.render import default_media_views
+    from tests.conftest import aircall_payload, base_config
+    from connector.config import load_config
+    text = ("object: MMS_Message__c\nwho_field: {Contact: Contact__c, Lead: Lead__c}\nwhat_field: \"\"\n"
+            "custom_fields:\n  Body__c: {type: html, max_length: 100}\n"
+            "entries:\n  inbound:\n    Body__c: \"{{ body_text }}\"\n  outbound: {}\n  status: {}\n")
+    path = tmp_path / "salesforce.yaml"
+    path.write_text(text)
+    mapping = Mapping.load(path, "salesforce")
+    assert any("`Body__c` holds 100, longer values are cut" in w for w in mapping.warnings), mapping.warnings
+    event = aircall.parse(aircall_payload("mms_received"))
+    ctx = DeliveryContext(store=None, config=load_config(data=base_config(tmp_path)), media=default_media_views(event))
+    body = salesforce.render(event, ctx, "create", mapping, who_id="003C")["body"]["Body__c"]
+    assert len(body) <= 100 and body.endswith("[truncated]")
+
+
+def test_a_hubspot_cut_never_makes_a_short_property_longer(tmp_path):
+    from connector.mapping.variables import sample_contexts
+    text = ("custom_fields:\n  sms_ch: {type: text, max_length: 2}\n"
+            + HUBSPOT.replace("  status:\n", "  status:\n    sms_ch: \"{{ message.channel }}\"\n"))
+    path = tmp_path / "hubspot.yaml"
+    path.write_text(text)
+    value = Mapping.load(path, "hubspot").render("status", sample_contexts()[0][1])["sms_ch"]
+    assert value == "mm"

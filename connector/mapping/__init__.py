@@ -84,9 +84,11 @@ class Mapping:
 
     @property
     def limits(self) -> dict[str, int]:
-        """Max length of each mapped text field the connector knows or the file declares."""
+        """Max length of each mapped text field the connector knows or the file declares
+        (a Salesforce Rich Text Area too: cut rather than refused; a HubSpot HTML body is
+        not cut, a cut could end it inside a tag)."""
         return {name: fm.spec.max_length for fms in self.entries.values() for name, fm in fms.items()
-                if fm.spec is not None and fm.spec.max_length and fm.spec.type != F.HTML}
+                if fm.spec is not None and fm.spec.max_length and _cut(fm.spec, self.crm)}
 
     def render(self, kind: str, ctx: dict) -> dict[str, Any]:
         """The CRM field values for one message; raises RenderError naming the field."""
@@ -414,11 +416,16 @@ class _Loader:
                     if wrong:  # e.g. a date field rendering 20/11/2026: the CRM would refuse every entry
                         self.error(fm.line, fm.column, f"entries.{kind}.{name} fails on the sample {label}: {wrong}")
                         break
-                    if spec and spec.max_length and spec.type != F.HTML and len(value) > spec.max_length:
+                    if spec and spec.max_length and _cut(spec, self.crm) and len(value) > spec.max_length:
                         self.error(fm.line, fm.column, f"entries.{kind}.{name} renders {len(value)} characters for the "
                                    f"sample {label}; `{name}` holds {spec.max_length}, longer values are cut "
                                    f"(use `|truncate({spec.max_length})`)", "warning")
                         break
+
+
+def _cut(spec: F.Field, crm: str) -> bool:
+    """Whether a value longer than the field is cut to fit (and `check` warns of it)."""
+    return spec.type != F.HTML or crm != "hubspot"
 
 
 def _options_text(node: Node) -> tuple[str, ...]:

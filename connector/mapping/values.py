@@ -25,7 +25,9 @@ def convert(text: str, spec: F.Field | None, crm: str) -> Any:
         # Salesforce's render cuts to salesforce.field_limits (UTF-16 aware); HubSpot's here.
         if (crm == "hubspot" and spec is not None and spec.max_length and spec.type != F.HTML
                 and len(text) > spec.max_length):
-            text = text[: spec.max_length - 3] + "..."  # the CRM would refuse the whole entry
+            # The CRM would refuse the whole entry; the mark only where it leaves room.
+            cut = spec.max_length - 3 if spec.max_length > 3 else spec.max_length
+            text = text[:cut] + ("..." if cut < spec.max_length else "")
         return text
     stripped = text.strip()
     if spec.type == F.BOOL and stripped.lower() in _BOOLS:
