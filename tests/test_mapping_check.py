@@ -329,3 +329,30 @@ def test_a_hubspot_cut_never_makes_a_short_property_longer(tmp_path):
     path.write_text(text)
     value = Mapping.load(path, "hubspot").render("status", sample_contexts()[0][1])["sms_ch"]
     assert value == "mm"
+
+
+def test_an_attribute_of_the_media_list_is_caught_even_in_a_branch_no_sample_takes(tmp_path):
+    text = HUBSPOT.replace('  status:\n    hs_communication_body: "{{ body_html }}"',
+                           '  status:\n    hs_communication_body: "{% if message.status == \'failed\' %}'
+                           '{{ media.name }}{% endif %}{{ body_html }}"')
+    [error] = errors_of(tmp_path, text)
+    assert "`media` is a list: loop over it (`{% for m in media %}{{ m.name }}{% endfor %}`) or pick one " \
+           "(`media[0].name`)" in error
+
+
+def test_a_with_block_s_variables_are_known_inside_it(tmp_path):
+    from connector.mapping.variables import sample_contexts
+    path = tmp_path / "hubspot.yaml"
+    path.write_text(HUBSPOT.replace('  status:\n    hs_communication_body: "{{ body_html }}"',
+                                    '  status:\n    hs_communication_body: '
+                                    '"{% with t = message.text %}{{ t }}{% endwith %}"'))
+    mapping = Mapping.load(path, "hubspot")
+    ctx = sample_contexts()[0][1]
+    from markupsafe import escape  # an HTML property: escaped as any value
+    assert mapping.render("status", ctx)["hs_communication_body"] == str(escape(ctx["message"]["text"]))
+    # ...and a typo in what it names is still caught.
+    path.write_text(HUBSPOT.replace('  status:\n    hs_communication_body: "{{ body_html }}"',
+                                    '  status:\n    hs_communication_body: '
+                                    '"{% with t = message.txt %}{{ t }}{% endwith %}"'))
+    with pytest.raises(MappingError, match="unknown variable `message.txt`"):
+        Mapping.load(path, "hubspot")

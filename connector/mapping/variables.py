@@ -158,6 +158,12 @@ class _Checker:
                 base = _dotted(node.node)
                 self.found.append(Finding(node.lineno, key, f"unknown variable `{base}.{key}`"
                                           + suggest(key, parent).replace("`", f"`{base}.", 1)))
+            elif isinstance(parent, list) and isinstance(key, str):
+                # Fails on every message, even in an {% if %} branch the samples never take.
+                base = _dotted(node.node)
+                self.found.append(Finding(node.lineno, key, f"`{base}` is a list: loop over it "
+                                          f"(`{{% for m in {base} %}}{{{{ m.{key} }}}}{{% endfor %}}`) "
+                                          f"or pick one (`{base}[0].{key}`)"))
         # Jinja looks up a filter in an {% if %} branch only when the branch runs: check all now.
         for kind, known in ((nodes.Filter, self.filters), (nodes.Test, self.tests)):
             if isinstance(node, kind) and node.name not in known:
@@ -178,6 +184,16 @@ class _Checker:
             for target in _names(node.target):
                 inner[target.name] = item[0] if isinstance(item, list) else ANY
             for child in [*node.body, *node.else_] + ([node.test] if node.test else []):
+                self.visit(child, inner)
+            return
+        if isinstance(node, nodes.With):  # {% with t = ... %}: t is known inside the block
+            for value in node.values:
+                self.visit(value, scope)
+            inner = dict(scope)
+            for target in node.targets:
+                for name in _names(target):
+                    inner[name.name] = self.shape(node.values[node.targets.index(target)], scope)
+            for child in node.body:
                 self.visit(child, inner)
             return
         if isinstance(node, (nodes.Assign, nodes.AssignBlock)):
