@@ -132,3 +132,23 @@ def test_an_unexpected_failure_keeps_the_last_good_mapping_until_the_file_change
     monkeypatch.undo()
     edit(path, GOOD.replace("  inbound:\n", "  inbound:\n    hubspot_owner_id: \"42\"\n", 1))
     assert live() is not good and live.last_error is None
+
+
+def test_a_file_still_being_saved_is_not_taken_until_it_settles(tmp_path):
+    from connector.mapping import reload as reload_module
+    path = tmp_path / "hubspot.yaml"
+    edit(path, GOOD)
+    live = LiveMapping(path, "hubspot")
+    good = live()
+    new = GOOD.replace("hs_communication_logged_from: CRM", 'hs_communication_logged_from: "CRM"')
+    cut = new.index("  outbound:")
+    with open(path, "w") as f:  # an editor saving in pieces: the first part is a valid mapping alone
+        f.write(new[:cut])
+        f.flush()
+        os.fsync(f.fileno())
+        assert live() is good  # not the half without outbound and status entries
+        f.write(new[cut:])
+    assert live() is good  # just written: not yet
+    old = path.stat().st_mtime_ns - int(reload_module.SETTLE_SECONDS * 2e9)
+    os.utime(path, ns=(old, old))  # as it is a moment later
+    assert live() is not good and set(live().entries) == {"inbound", "outbound", "status"}

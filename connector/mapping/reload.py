@@ -1,7 +1,9 @@
 """Mappings that follow edits to their file while the service runs.
 
-Each use stats the file (cheap); when it changed, the new file is loaded into a new
-Mapping and swapped in only when fully valid. An invalid edit is logged with the same
+Each use stats the file (cheap); when it changed, and has not changed for
+``SETTLE_SECONDS`` (an editor that saves in pieces can leave a first part that is a valid
+mapping on its own), the new file is loaded into a new Mapping and swapped in only when
+fully valid. An invalid edit is logged with the same
 errors `check` prints (any other failure with its traceback), and the last good mapping
 stays in force until the file changes again. A render always uses
 one complete Mapping object, never a half-loaded one.
@@ -11,11 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from . import Mapping, MappingError
 
 log = logging.getLogger("connector.mapping")
+SETTLE_SECONDS = 1.0
 
 
 def _stamp(path: Path):
@@ -54,6 +58,8 @@ class LiveMapping:
             stamp = _stamp(self.path)
             if stamp == self._stamp:
                 return False
+            if stamp is not None and 0 <= time.time() - stamp[0] / 1e9 < SETTLE_SECONDS:
+                return False  # maybe still being written: a use once it has settled loads it
             try:
                 fresh = Mapping.load(self.path, self.crm, self.time_zone)
             except Exception as exc:  # noqa: BLE001 - whatever a bad edit does, the worker goes on
