@@ -356,3 +356,15 @@ def test_a_with_block_s_variables_are_known_inside_it(tmp_path):
                                     '"{% with t = message.txt %}{{ t }}{% endwith %}"'))
     with pytest.raises(MappingError, match="unknown variable `message.txt`"):
         Mapping.load(path, "hubspot")
+
+
+def test_an_unknown_attribute_is_pointed_at_not_a_variable_of_the_same_name_before_it(tmp_path):
+    text = HUBSPOT.replace('  status:\n    hs_communication_body: "{{ body_html }}"',
+                           '  status:\n    hs_communication_body: "{{ media_count }} {{ message.media_count }}"')
+    assert errors_of(tmp_path, text)[0].startswith("F:10:58: unknown variable `message.media_count`")
+
+
+def test_an_unknown_variable_on_the_second_line_of_a_quoted_value_is_pointed_at(tmp_path):
+    text = HUBSPOT.replace('  status:\n    hs_communication_body: "{{ body_html }}"',
+                           '  status:\n    hs_communication_body: "{{ message.text }}\n      {{ text }}"')
+    assert errors_of(tmp_path, text)[0].startswith("F:11:10: unknown variable `text`")

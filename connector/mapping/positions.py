@@ -15,12 +15,12 @@ def locate(lines: list[str], node: ScalarNode, lineno: int, token: str) -> tuple
     else:
         candidates = list(range(first, last + 1))
     if token:
-        pattern = re.compile(r"(?<![\w])" + re.escape(token) + r"(?!\w)")
+        pattern = _pattern(token)
         value = lines[first: last + 1]
         for i, start, end in _code_spans(value, node.start_mark.column):
             m = first + i in candidates and pattern.search(value[i], start, end)
             if m:
-                return first + i + 1, m.start() + 1
+                return first + i + 1, m.start("at") + 1
     for i in candidates:
         if not 0 <= i < len(lines):
             continue
@@ -28,10 +28,24 @@ def locate(lines: list[str], node: ScalarNode, lineno: int, token: str) -> tuple
         if token:
             m = pattern.search(text, node.start_mark.column if i == first else 0)
             if m:
-                return i + 1, m.start() + 1
+                return i + 1, m.start("at") + 1
         elif node.style == "|":
             return i + 1, len(text) - len(text.lstrip()) + 1
     return first + 1, node.start_mark.column + 1
+
+
+def _pattern(token: str) -> re.Pattern:
+    """How ``token`` is written, its group ``at`` where to point: ``.attr`` is an attribute
+    (after a dot), ``a.b.c`` a dotted path (pointing at ``c``), anything else a name that
+    is not itself an attribute (``text`` is not the ``text`` of ``message.text``)."""
+    if token.startswith("."):
+        return re.compile(r"\.\s*(?P<at>" + re.escape(token[1:]) + r")(?!\w)")
+    *head, last = token.split(".")
+    if head:
+        dots = r"\s*\.\s*"
+        return re.compile(r"(?<![\w.])" + dots.join(map(re.escape, head)) + dots
+                          + r"(?P<at>" + re.escape(last) + r")(?!\w)")
+    return re.compile(r"(?<![\w.])(?P<at>" + re.escape(token) + r")(?!\w)")
 
 
 _TAG_OPEN = re.compile(r"\{\{|\{%|\{#")

@@ -147,21 +147,23 @@ class _Checker:
             return
         if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
             if not _has_private(node.node):
-                self.found.append(Finding(node.lineno, node.attr, f"`{node.attr}` is not allowed: "
+                self.found.append(Finding(node.lineno, "." + node.attr, f"`{node.attr}` is not allowed: "
                                           "templates cannot reach Python internals"))
             self.visit(node.node, scope)
             return
         if isinstance(node, (nodes.Getattr, nodes.Getitem)):
             key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
             parent = self.shape(node.node, scope)
+            base = _dotted(node.node)
+            # Where to point: the attribute as written after its object (`message.media_count`,
+            # not a `media_count` variable earlier on the line).
+            at = f"{base}.{key}" if isinstance(node, nodes.Getattr) and _plain(base) else key
             if isinstance(parent, dict) and isinstance(key, str) and key not in parent:
-                base = _dotted(node.node)
-                self.found.append(Finding(node.lineno, key, f"unknown variable `{base}.{key}`"
+                self.found.append(Finding(node.lineno, at, f"unknown variable `{base}.{key}`"
                                           + suggest(key, parent).replace("`", f"`{base}.", 1)))
             elif isinstance(parent, list) and isinstance(key, str):
                 # Fails on every message, even in an {% if %} branch the samples never take.
-                base = _dotted(node.node)
-                self.found.append(Finding(node.lineno, key, f"`{base}` is a list: loop over it "
+                self.found.append(Finding(node.lineno, at, f"`{base}` is a list: loop over it "
                                           f"(`{{% for m in {base} %}}{{{{ m.{key} }}}}{{% endfor %}}`) "
                                           f"or pick one (`{base}[0].{key}`)"))
         # Jinja looks up a filter in an {% if %} branch only when the branch runs: check all now.
@@ -218,6 +220,10 @@ def _names(target) -> list:
 def _phone_formats():
     from .sandbox import PHONE_FORMATS
     return PHONE_FORMATS
+
+
+def _plain(dotted: str) -> bool:
+    return all(part.isidentifier() for part in dotted.split("."))
 
 
 def _dotted(node) -> str:
