@@ -368,3 +368,8 @@ def test_an_unknown_variable_on_the_second_line_of_a_quoted_value_is_pointed_at(
     text = HUBSPOT.replace('  status:\n    hs_communication_body: "{{ body_html }}"',
                            '  status:\n    hs_communication_body: "{{ message.text }}\n      {{ text }}"')
     assert errors_of(tmp_path, text)[0].startswith("F:11:10: unknown variable `text`")
+
+
+def test_read_only_in_quotes_is_an_error_not_true(tmp_path):
+    text = "custom_fields:\n  sms_line: {type: text, read_only: 'no'}\n" + HUBSPOT
+    assert "F:2:13: custom_fields.sms_line: read_only must be true or false (unquoted)" in errors_of(tmp_path, text)

@@ -313,6 +313,8 @@ class _Loader:
             if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
                 self.at(v, f"custom_fields.{name}: max_length must be a whole number of characters")
                 max_length = None
+            if not isinstance(spec.get("read_only", False), bool):  # 'no' in quotes is text, and true
+                self.at(v, f"custom_fields.{name}: read_only must be true or false (unquoted)")
             if "options" in spec and not isinstance(spec["options"], list):
                 self.at(v, f"custom_fields.{name}: options must be a list, e.g. options: [Inbound, Outbound]")
             options = _options_text(v) if isinstance(spec.get("options"), list) else ()
