@@ -260,3 +260,82 @@ def test_search_secondly_429_waits_a_second_and_retries(live, hub):
     assert rt.waits == [1.0]
     assert len(hub.calls("POST", "/crm/v3/objects/contacts/search")) == 2
     assert state(rt, MMS)[0]["state"] == "delivered"
+
+
+class _CheckedAssociations:
+    """Like HubSpot: a create associated with a contact or deal that no longer exists is
+    refused, 400 "One or more associations are invalid" (INVALID_OBJECT_IDS)."""
+
+    def __init__(self, hub):
+        self.hub, self.deleted = hub, set()
+        create = hub._create
+
+        def checked(store, body, contact=False):
+            if not contact:
+                bad = [a["to"]["id"] for a in body.get("associations") or []
+                       if (a["types"][0]["associationTypeId"] == 81 and a["to"]["id"] not in hub.contacts)
+                       or a["to"]["id"] in self.deleted]
+                if bad:
+                    return hubspot_error(400, "One or more associations are invalid",
+                                         context={"INVALID_OBJECT_IDS": [f"{i} is not valid" for i in bad]})
+            return create(store, body, contact)
+        hub._create = checked
+
+
+def test_a_deleted_duplicate_contact_that_was_remembered_is_looked_up_again_not_dead_lettered(live, hub):
+    _CheckedAssociations(hub)
+    old = hub.add_contact(phone="+18704575426", created_days=1)
+    keep = hub.add_contact(phone="(870) 457-5426", created_days=5)
+    rt = live()
+    post(rt, "sms_received", id="m1")
+    run(rt)
+    del hub.contacts[old]  # a rep merged the duplicate away
+    post(rt, "sms_received", id="m2")
+    run(rt)
+    [first] = state(rt, "m2")
+    assert first["state"] == "retrying" and "is looked up again" in first["error"]
+    run(rt, later=120)
+    assert state(rt, "m2")[0]["state"] == "delivered"
+    comm = hub.comms[rt.store.get_record("hubspot", "m2")["object_id"]]
+    assert comm.associations[0][0] == keep
+
+
+def test_a_deleted_deal_that_was_remembered_is_looked_up_again(live, hub):
+    checked = _CheckedAssociations(hub)
+    cid = hub.add_contact(phone="+14155550142")
+    hub.deals[cid] = ["501", "733"]
+    rt = live(associate_deal=True)
+    post(rt, "mms_received", id="d1")
+    run(rt)
+    hub.deals[cid], checked.deleted = ["501"], {"733"}  # deal 733 deleted
+    post(rt, "mms_received", id="d2")
+    run(rt)
+    run(rt, later=120)
+    assert state(rt, "d2")[0]["state"] == "delivered"
+
+
+def test_a_contact_just_created_is_remembered_past_a_short_cache_lifetime(live, hub):
+    # HubSpot's search shows a new contact only seconds later: with contact_cache_ttl 0 a
+    # second text from the new number found none and created it again.
+    def lagging(store, body, _search=hub._search):
+        hidden = {k: v for k, v in store.items() if k in created}
+        for k in hidden:
+            del store[k]
+        try:
+            return _search(store, body)
+        finally:
+            store.update(hidden)
+    created = set()
+    create = hub._batch_create
+
+    def remember(body, contact=False):
+        before = set(hub.contacts)
+        resp = create(body, contact)
+        created.update(set(hub.contacts) - before)
+        return resp
+    hub._search, hub._batch_create = lagging, remember
+    rt = live(contact_cache_ttl=0, unknown_number={"action": "create"})
+    for mid in ("first", "second"):
+        post(rt, "sms_received", id=mid)
+        run(rt)
+    assert len(hub.contacts) == 1 and [state(rt, m)[0]["state"] for m in ("first", "second")] == ["delivered"] * 2

@@ -219,7 +219,7 @@ class HubSpotWriter:
             return
         except WriteError as exc:  # refused, so surely not created: no search next time
             self._drop_intent(ctx.store, event)
-            results[i] = exc
+            results[i] = self._stale_contact(ctx.store, event, exc)
             return
         self._save(ctx.store, event, str(res.id), event.status, contact)
         results[i] = Outcome("delivered", rendered=req,
@@ -262,7 +262,7 @@ class HubSpotWriter:
                                      result=self._result("create", obj.id, contact, batch=True))
             elif event.message_id in errors:  # HubSpot refused this one: it was not created
                 rows.append(_row(event, None, None, {}))
-                results[i] = errors[event.message_id]
+                results[i] = self._stale_contact(items[i][1].store, event, errors[event.message_id])
             else:
                 results[i] = TransientError(
                     "HubSpot's batch answer did not mention this record; it is looked up before retrying",
@@ -312,6 +312,18 @@ class HubSpotWriter:
             items[0][1].store.save_records(NAME, rows)
 
     # -- helpers ---------------------------------------------------------------------
+    @staticmethod
+    def _stale_contact(store, event, exc: WriteError) -> WriteError:
+        """A create refused for its associations: the remembered contact (or its deal or
+        company) was deleted or merged in HubSpot since. Forget it, so the retry looks the
+        number up again, rather than dead-lettering every text from it until the cache
+        entry expires."""
+        text = str(exc).lower()
+        if isinstance(exc, TransientError) or "association" not in text or "invalid" not in text:
+            return exc
+        store.drop_contact(NAME, event.external)
+        return TransientError(f"{exc}; the contact of {event.external} is looked up again")
+
     def _save(self, store, event, object_id: str, status, contact: Contact) -> dict:
         data = {"contact": contact.id}
         store.save_record(NAME, event.message_id, object_type=OBJECT_TYPE, object_id=object_id,

@@ -30,6 +30,10 @@ from .hubspot_api import Ambiguous, HubSpotApi, InputRefused, errors_by_key
 
 NAME = "hubspot"
 CONTACT, CREATING, NONE = "contact", "creating", "none"
+# A contact just created is remembered at least this long, whatever contact_cache_ttl says:
+# HubSpot's search shows it only seconds later, and a second text from the number must not
+# create it again.
+CREATED_TTL = 60
 SEARCH_CHUNK = 50  # numbers per search request (IN values)
 READ_PROPERTIES = ["createdate", "lastmodifieddate", "associatedcompanyid"]
 TYPED_PROPERTIES = ["phone", "mobilephone"]  # what HubSpot derives its calculated numbers from
@@ -243,7 +247,7 @@ class ContactMatcher:
         inputs, contended = [], []
         for n in numbers:
             # The marker lives as long as HubSpot's search may lag a create whose answer was lost.
-            if not store.reserve_contact(NAME, n, CREATING, 60, replaces=(NONE,)):
+            if not store.reserve_contact(NAME, n, CREATING, CREATED_TTL, replaces=(NONE,)):
                 contended.append(n)  # waited for below, once ours are created
                 continue
             props = self._new_contact(n)
@@ -297,7 +301,7 @@ class ContactMatcher:
         for n in numbers:
             if n in created:
                 out[n] = Contact(str(created[n].id), created=True)
-                store.put_contact(NAME, n, CONTACT, out[n].encode(), self.cfg.contact_cache_ttl)
+                store.put_contact(NAME, n, CONTACT, out[n].encode(), max(self.cfg.contact_cache_ttl, CREATED_TTL))
             elif n in errors:  # HubSpot refused this one: not created
                 store.drop_contact(NAME, n)
                 out[n] = errors[n]
