@@ -251,4 +251,4 @@ def validate(cfg: OutboundConfig, line: str, to: str, text: str, attachments: li
 
 
 def recipient_e164(to: str, line: str) -> str | None:
-    return to_e164(to, region_of(line) or "US") if to and isinstance(to, str) else None
+    return to_e164(to, region_of(line) or "US", typed=True) if to and isinstance(to, str) else None

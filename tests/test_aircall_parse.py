@@ -106,3 +106,13 @@ def test_unknown_provider_status_is_kept_but_ranked_lowest():
     p["data"]["status"] = "teleported"
     ev = aircall.parse(p)
     assert ev.status == "unknown" and ev.provider_status == "teleported"
+
+
+@pytest.mark.parametrize("typed, region, expected", [
+    ("(11) 91234-5678", "BR", "+5511912345678"),  # a São Paulo mobile saved without +55
+    ("138 0013 8000", "CN", "+8613800138000"),  # a Chinese mobile saved without +86
+    ("61298765432", "US", "+61298765432"),  # no valid US number: the digits carry a country code
+    ("14155550142", "US", "+14155550142"),
+])
+def test_a_number_typed_in_a_crm_is_read_in_its_country_first(typed, region, expected):
+    assert to_e164(typed, region, typed=True) == expected

@@ -311,3 +311,17 @@ def test_a_message_seen_in_dry_run_gets_its_entry_once_live(make_runtime, hub, l
     assert delivered["result"]["operation"] == "create"  # not an update of the dry-run placeholder
     [comm] = hub.comms.values()
     assert "Delivered" in comm.properties["hs_communication_body"]
+
+
+@pytest.mark.parametrize("sender, typed", [("+5511912345678", "(11) 91234-5678"),
+                                           ("+8613800138000", "138 0013 8000")])
+def test_a_contact_saved_without_country_code_is_found_for_a_sender_of_its_country(live, hub, sender, typed):
+    cid = hub.add_contact(mobilephone=typed, firstname="Existing")
+    # HubSpot's "number without country code", which the search matched on
+    hub.contacts[cid].properties["hs_searchable_calculated_mobile_number"] = sender[3:]
+    rt = live(unknown_number={"action": "create"})
+    post(rt, "sms_received", external_number=sender, raw_digits=sender.lstrip("+"))
+    run(rt)
+    assert hub.calls("POST", "/crm/v3/objects/contacts/batch/create") == []  # no duplicate contact
+    [create] = hub.calls("POST", "/crm/v3/objects/communications")
+    assert create[2]["associations"][0]["to"]["id"] == cid

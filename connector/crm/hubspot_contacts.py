@@ -96,7 +96,7 @@ def numbers_of(cfg: HubSpotConfig, props: dict | None, region: str) -> set[str]:
         if prop.startswith(CALCULATED):  # national digits say nothing of the country
             if "international" in prop:
                 out.add("+" + phones.digits(value))
-        elif number := phones.to_e164(value, region):
+        elif number := phones.to_e164(value, region, typed=True):
             out.add(number)
     return out
 

@@ -98,7 +98,7 @@ def index_by_number(records: list[dict], regions: set[str]) -> dict[str, list[tu
         for f in PHONE_FIELDS.get(rtype, []):
             value = rec.get(f)
             if isinstance(value, str) and value:
-                numbers.update(phones.to_e164(value, region) for region in regions)
+                numbers.update(phones.to_e164(value, region, typed=True) for region in regions)
         for n in numbers - {None}:
             index.setdefault(n, []).append((rtype, rec))
     return index
