@@ -12,7 +12,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, StrictUndefined
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from . import phones
 from .events import STATUS_LABELS, MessageEvent
@@ -125,11 +125,19 @@ def build_context(event: MessageEvent, media: list[MediaView], *, download_all_l
 
 _env_html = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 _env_html.globals["size_label"] = format_limit
+
+
+def _lines(text) -> Markup:
+    """Escaped text whose line breaks show: a new line is only white space in HTML."""
+    return Markup("<br>\n").join(escape(line) for line in str(text).replace("\r\n", "\n").split("\n"))
+
+
+_env_html.filters["lines"] = _lines
 _env_text = Environment(autoescape=False, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 _HTML = _env_html.from_string("""
 <p><strong>{{ 'MMS' if message.channel == 'mms' else 'SMS' }} {{ 'received from' if message.direction == 'inbound' else 'sent to' }} {{ external.e164 }}</strong> {{ 'on' if message.direction == 'inbound' else 'from' }} line {{ line.name ~ ' ' if line.name }}{{ line.e164 }} &middot; {{ message.status_label }}</p>
-{% if message.text %}<p>{{ message.text }}</p>{% endif %}
+{% if message.text %}<p>{{ message.text|lines }}</p>{% endif %}
 {% if previews %}
 <p>{% for m in previews %}{% if m.is_image %}<a href="{{ m.link }}"><img src="{{ m.link }}" alt="{{ m.name }}" width="120"></a>{% else %}<a href="{{ m.link }}">{{ m.name }}</a>{% endif %} {% endfor %}{% if more_count %}<strong>+{{ more_count }} more</strong>{% endif %}</p>
 {% endif %}

@@ -325,3 +325,13 @@ def test_a_contact_saved_without_country_code_is_found_for_a_sender_of_its_count
     assert hub.calls("POST", "/crm/v3/objects/contacts/batch/create") == []  # no duplicate contact
     [create] = hub.calls("POST", "/crm/v3/objects/communications")
     assert create[2]["associations"][0]["to"]["id"] == cid
+
+
+def test_the_line_breaks_of_a_text_show_in_the_html_entry(live, hub):
+    hub.add_contact(phone="+18704575426")
+    rt = live()
+    post(rt, "sms_received", body="Order #123\nStreet 1 & <Co>\r\nSpringfield")
+    run(rt)
+    [create] = hub.calls("POST", "/crm/v3/objects/communications")
+    body = create[2]["properties"]["hs_communication_body"]
+    assert "<p>Order #123<br>\nStreet 1 &amp; &lt;Co&gt;<br>\nSpringfield</p>" in body
