@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,6 +54,18 @@ class StoreConfig(_Section):
     # join its transaction (0: never). Only while others are being answered.
     commit_delay: float = Field(0.001, ge=0, le=0.05)
 
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        try:
+            backend = make_url(v).get_backend_name()
+        except Exception:  # noqa: BLE001 - any unreadable URL gets the same answer
+            backend = ""
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError("must be sqlite:///path/to/file.db or postgresql+psycopg://user@host/db")
+        return v
+
 
 class QueueConfig(_Section):
     # Empty: workers poll the store (embedded default). redis://... : scaled-out mode
@@ -84,7 +96,7 @@ class WorkerConfig(_Section):
 
 
 class AircallConfig(_Section):
-    webhook_tokens: list[str] = Field(default_factory=list)
+    webhook_tokens: list[str] = Field(default_factory=list, validate_default=True)  # required
     api_base_url: str = "https://api.aircall.io/v1"
     api_id: str = ""
     api_token: str = ""
@@ -176,9 +188,14 @@ class HubSpotConfig(_Section):
         if self.mode == "live" and not self.access_token and not all(oauth):
             raise ValueError("live mode needs access_token (private app) or client_id, "
                              "client_secret and refresh_token (OAuth)")
-        if self.time_zone:
-            _check_time_zone(self.time_zone)
         return self
+
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, v: str) -> str:
+        if v:
+            _check_time_zone(v)
+        return v
 
 
 class SalesforceMatchConfig(_Section):
@@ -216,7 +233,8 @@ class SalesforceConfig(_Section):
     unknown_number: SalesforceUnknownNumber = Field(default_factory=SalesforceUnknownNumber)
     contact_cache_ttl: float = Field(86400, ge=0)
     unknown_cache_ttl: float = Field(300, ge=0)
-    field_limits: dict[str, int] = Field(default_factory=lambda: {"Subject": 255, "Description": 32000})
+    field_limits: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: {"Subject": 255, "Description": 32000})
     call_retries: int = Field(3, ge=1, le=10)
     requests_per_second: float = Field(0, ge=0)
     usage_pause_fraction: float = Field(0.9, gt=0, le=1)
@@ -475,6 +493,12 @@ class Config(_Section):
     media: MediaConfig = Field(default_factory=MediaConfig)
     time_zone: str = "UTC"
 
+    @field_validator("time_zone")
+    @classmethod
+    def _time_zone(cls, v: str) -> str:
+        _check_time_zone(v)
+        return v
+
     # Where the file was read from; relative paths (mappings, sqlite) resolve against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
     source: str = Field(default="", exclude=True)
@@ -553,6 +577,21 @@ def find_config_file(explicit: str | None) -> Path:
     return Path(DEFAULT_CONFIG_FILES[0])
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A key given twice in one mapping is an error: YAML keeps the last silently, so a
+    second `hubspot:` block would quietly drop the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"`{key}` is given twice in one section; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, data: dict | None = None) -> Config:
     """Read, substitute and validate a config file (or an already-parsed dict)."""
     source = str(path) if path is not None else "<dict>"
@@ -563,8 +602,11 @@ def load_config(path: str | Path | None = None, data: dict | None = None) -> Con
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError([f"{p}: cannot read config file ({exc.strerror or exc})"], source)
+        except UnicodeDecodeError as exc:  # e.g. saved as Latin-1 by an editor
+            raise ConfigError([f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                               f"{exc.start}); save the file as UTF-8"], source)
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
