@@ -35,7 +35,8 @@ def main() -> None:
 @main.command()
 @config_option
 @click.option("--host", default=None, help="Listen address (default: server.host).")
-@click.option("--port", default=None, type=int, help="Listen port (default: server.port).")
+@click.option("--port", default=None, type=click.IntRange(0, 65535),
+              help="Listen port (default: server.port; 0: any free port).")
 @click.option("--no-worker", is_flag=True, help="Serve webhooks only; run workers separately.")
 def serve(config_path, host, port, no_worker):
     """Run the web app and (unless --no-worker) a worker in one process."""
@@ -49,16 +50,17 @@ def serve(config_path, host, port, no_worker):
     rt = Runtime(cfg)
     app = create_app(cfg, rt)
     host = host or cfg.server.host
-    port = port or cfg.server.port
+    port = cfg.server.port if port is None else port
     try:
         # outbuf_high_watermark: a streamed response (a "Download all" zip) is buffered at most
         # 1 MB ahead of the client per connection, not waitress's default 16 MB.
         server = create_server(app, host=host, port=port, threads=cfg.server.threads,
                                ident="mms-connector", outbuf_high_watermark=1024 * 1024)
-    except OSError as exc:
-        click.echo(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+    except (OSError, ValueError) as exc:  # ValueError: an address that is no address
+        click.echo(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc} "
                    "(another process may be using it; pick another with --port or server.port)", err=True)
         sys.exit(1)
+    port = getattr(server, "effective_port", port)  # the one chosen for --port 0
     worker = None
     if not no_worker:
         # Worker threads share the GIL with request threads: hand it over more often so a
@@ -78,7 +80,7 @@ def serve(config_path, host, port, no_worker):
 
 @main.command()
 @config_option
-@click.option("--metrics-port", default=None, type=int,
+@click.option("--metrics-port", default=None, type=click.IntRange(1, 65535),
               help="Serve this worker's Prometheus metrics on server.host:PORT/metrics.")
 def worker(config_path, metrics_port):
     """Run workers only (scaled-out mode: any number of these, on any machine)."""
@@ -93,7 +95,12 @@ def worker(config_path, metrics_port):
     w = rt.worker()
     if metrics_port is not None:
         from prometheus_client import start_http_server
-        start_http_server(metrics_port, addr=cfg.server.host, registry=rt.metrics.registry)
+        try:
+            start_http_server(metrics_port, addr=cfg.server.host, registry=rt.metrics.registry)
+        except OSError as exc:
+            click.echo(f"cannot listen on {cfg.server.host}:{metrics_port}: {exc.strerror or exc} "
+                       "(another process may be using it; pick another --metrics-port)", err=True)
+            sys.exit(1)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -222,6 +229,10 @@ def preview(config_path, crm, mapping_path, operation, event_file):
         text = click.open_file(event_file, encoding="utf-8").read()
     except OSError as exc:
         raise click.BadParameter(f"cannot read {event_file} ({exc.strerror or exc})", param_hint="EVENT.json")
+    except UnicodeDecodeError as exc:
+        click.echo(f"{event_file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                   "save the file as UTF-8", err=True)
+        sys.exit(2)
     try:
         body = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -66,3 +66,41 @@ def test_a_section_given_twice_is_an_error_not_the_last_one_winning(tmp_path):
         load_config(p)
     [error] = info.value.errors
     assert error.startswith(f"{p}:") and "`hubspot` is given twice in one section; keep one" in error
+
+
+def write(tmp_path, **sections) -> str:
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(base_config(tmp_path, **sections)))
+    return str(p)
+
+
+def test_preview_of_a_payload_that_is_not_utf8_is_a_usage_error(tmp_path):
+    event = tmp_path / "event.json"
+    event.write_bytes(b'{"a": "\xe9"}')
+    out = CliRunner().invoke(cli, ["preview", "--config", write(tmp_path), "--crm", "hubspot", str(event)])
+    assert out.exit_code == 2 and "not UTF-8 text (byte 0xe9 at offset 7)" in out.output
+
+
+@pytest.mark.parametrize("args", [("serve", "--no-worker", "--port", "99999"), ("serve", "--port", "-1"),
+                                  ("worker", "--metrics-port", "99999"), ("worker", "--metrics-port", "0")])
+def test_ports_outside_their_range_are_usage_errors(tmp_path, args):
+    out = CliRunner().invoke(cli, [*args, "--config", write(tmp_path)])
+    assert out.exit_code == 2 and "is not in the range" in out.output
+
+
+def test_serve_on_an_address_that_is_no_address_says_so(tmp_path):
+    out = CliRunner().invoke(cli, ["serve", "--no-worker", "--host", "999.1.1.1", "--config", write(tmp_path)])
+    assert out.exit_code == 1 and "cannot listen on 999.1.1.1:" in out.output
+
+
+def test_a_worker_s_metrics_port_in_use_says_so(tmp_path):
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    try:
+        out = CliRunner().invoke(cli, ["worker", "--metrics-port", str(port), "--config", write(tmp_path)])
+    finally:
+        s.close()
+    assert out.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in out.output

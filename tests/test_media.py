@@ -525,3 +525,13 @@ def test_names_carry_no_look_alike_path_or_direction_tricks(env, provider, sent,
     disposition = client.get(path_of(view.link)).headers["Content-Disposition"]
     ascii_name = unicodedata.normalize("NFKD", disposition.split("filename=", 1)[1].split(";", 1)[0])
     assert "/" not in ascii_name and "\\" not in ascii_name and "\u202e" not in disposition, disposition
+
+
+def test_cli_download_into_a_place_that_cannot_be_written_says_so(env, provider, tmp_path):
+    rt, client = env()
+    receive(rt, client, provider, message_id="SMok", items=ITEMS[:2])
+    config = _write_config(rt, tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = CliRunner().invoke(cli, ["media", "download", "SMok", "--dest", str(blocker / "sub"), "--config", config])
+    assert out.exit_code == 1 and f"cannot write to {blocker / 'sub'}: Not a directory" in out.output

@@ -48,7 +48,10 @@ def download(config_path, message_id, dest):
     dest_dir = Path(dest)
     saved: list[Path] = []
     if ready:
-        dest_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, a read-only disk
+            _cannot_write(dest_dir, exc)
         with tqdm(total=sum(a.size for a in ready), unit="B", unit_scale=True, unit_divisor=1024,
                   desc=f"{len(ready)} file(s)", file=sys.stderr) as bar:
             for a in ready:
@@ -56,6 +59,8 @@ def download(config_path, message_id, dest):
                     saved.append(_save(svc.storage, a.key, dest_dir, a.name, bar))
                 except FileNotFoundError:  # purged while we were downloading
                     missing.append(a)
+                except OSError as exc:  # the destination: full, read-only, not ours
+                    _cannot_write(dest_dir, exc)
     if saved:
         click.echo(f"Downloaded {len(saved)} file(s) to {dest_dir.resolve()}:")
         for p in saved:
@@ -67,6 +72,11 @@ def download(config_path, message_id, dest):
         for a in missing:
             click.echo(f"  {a.name}: {a.reason or a.state}", err=True)
         sys.exit(1)
+
+
+def _cannot_write(dest_dir: Path, exc: OSError) -> None:
+    click.echo(f"cannot write to {dest_dir}: {exc.strerror or exc}", err=True)
+    sys.exit(1)
 
 
 def _save(storage, key: str, dest_dir: Path, name: str, bar: tqdm) -> Path:
