@@ -147,3 +147,19 @@ def test_a_signature_with_non_ascii_characters_is_refused_not_a_500(oclient, ort
     r = oclient.post("/outbound/hubspot", data=raw, headers=headers)
     assert r.status_code == 401 and r.json["error"] == f"{header} does not match"
     assert outbox_rows(ort) == []
+
+
+def test_a_signed_body_nested_near_the_parsers_limit_is_a_400_never_a_500(oclient):
+    statuses = set()
+    for depth in range(900, 1000):  # where parsing passes but encoding it again would not
+        raw = json.dumps(dict(action_body(callback=f"cb-{depth}"), extra="@@")).encode()
+        raw = raw.replace(b'"@@"', b"[" * depth + b"]" * depth)
+        statuses.add(oclient.post("/outbound/hubspot", data=raw, headers=v3_headers(raw)).status_code)
+    assert statuses <= {200, 400}, statuses
+
+
+def test_a_405_from_any_route_says_which_methods_are_allowed(oclient):
+    for path in ("/webhooks/aircall", "/outbound/hubspot", "/outbound/salesforce", "/api/v1/messages"):
+        r = oclient.get(path)
+        assert r.status_code == 405 and "POST" in r.headers.get("Allow", ""), path
+        assert r.get_json()["status"] == 405

@@ -47,7 +47,9 @@ def create_app(config: Config, runtime: Runtime | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        # JSON for every client error, never an HTML page or a 500 for bad input.
-        return jsonify(error=exc.description, status=exc.code), exc.code
+        # JSON for every client error, never an HTML page or a 500 for bad input; with the
+        # error's own headers (a 405's Allow, which HTTP requires).
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return jsonify(error=exc.description, status=exc.code), exc.code, headers
 
     return app

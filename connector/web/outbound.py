@@ -228,8 +228,9 @@ def hubspot_action():
         return _error(401, reason)
     try:
         body = json.loads(text)
+        digest = request_hash(body)  # encoding it again goes a level deeper than parsing did
     except (ValueError, RecursionError):
-        return _error(400, "body is not valid JSON")
+        return _error(400, "body is not valid JSON (or nested too deeply)")
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object")
     names = cfg.outbound.hubspot
@@ -248,7 +249,7 @@ def hubspot_action():
                       field="callbackId")
     key = f"hubspot:{callback}" if action else f"hubspot:body:{hashlib.sha256(raw).hexdigest()}"
     fields = dict(line=str(line or ""), to=str(to or ""), text=str(msg or ""), media=media, policy=None)
-    row, _ = _submit("hubspot", key, fields, True, request_hash(body),
+    row, _ = _submit("hubspot", key, fields, True, digest,
                      callback=action and cfg.outbound.hubspot.complete_async)
     return _hubspot_answer(row)
 
