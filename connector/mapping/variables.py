@@ -47,7 +47,7 @@ DESCRIPTIONS = {
     "has_unsupported / unsupported_alert": "whether some media cannot be received, and the alert text",
     "has_unavailable / unavailable_alert": "whether some media is unavailable (fetch failed, expired), and its text",
     "download_all_link": "one link to every receivable attachment (empty when none)",
-    "body_html / body_text": "the connector's complete entry (text, previews, links, alert) as HTML or plain text",
+    "body_html / body_text": "the connector's complete entry (text, previews, links, alert) as HTML (the text's line breaks as `<br>`) or plain text",
     "provider / event / kind / time_zone": "`aircall`, the provider event name, `inbound`/`outbound`/`status`, the configured zone",
 }
 
