@@ -186,8 +186,27 @@ def test_a_batch_slower_to_prepare_than_one_lease_keeps_its_leases(make_runtime)
     assert {m: s["hubspot"][0] for m, s in _states(rt).items()} == {f"m{i}": "delivered" for i in range(1, 7)}
 
 
-def test_a_batch_item_taken_over_while_the_batch_was_prepared_is_not_written(make_runtime):
+def test_a_delivery_slower_to_prepare_than_its_lease_is_not_taken_over_meanwhile(make_runtime):
     import time
+
+    from connector.render import default_media_views
+    writer = BatchWriter()
+    rt, client = _setup(make_runtime, writer, size=1)
+    rt.config.worker.lease_seconds = 0.6  # validated >= 5 in files; tiny here to keep the test fast
+    _post(client, "m1")
+    [d] = [d for d in rt.store.claim("slow-worker", lease_seconds=0.6) if d.target == "hubspot"]
+    taken = []
+
+    def slow_media(event, _d):  # media from a slow host: longer than the lease
+        time.sleep(1.0)
+        taken.extend(rt.store.claim("other-worker", lease_seconds=60, target="hubspot"))
+        return default_media_views(event), ""
+    rt.pipeline.media = slow_media
+    assert rt.pipeline.process_batch([d]) == ["delivered"]
+    assert taken == [] and writer.calls == [["m1"]]  # its lease was kept alive: no second worker took it
+
+
+def test_a_batch_item_taken_over_while_the_batch_was_prepared_is_not_written(make_runtime):
     writer = BatchWriter()
     rt, client = _setup(make_runtime, writer, size=3)
     for m in ("m1", "m2", "m3"):
@@ -198,9 +217,11 @@ def test_a_batch_item_taken_over_while_the_batch_was_prepared_is_not_written(mak
 
     def media(event, d):
         prepared.append(d.message_id)
-        if d.message_id == "m3":  # meanwhile m1's lease ran out and another worker took it
-            [taken] = rt.store.claim("other-worker", lease_seconds=60, now=time.time() + 61,
-                                     target="hubspot", limit=1)
+        if d.message_id == "m3":  # meanwhile m1's lease ran out (renewals failed) and another worker took it
+            from connector.store import deliveries
+            with rt.store.engine.begin() as conn:
+                conn.execute(deliveries.update().where(deliveries.c.message_id == "m1").values(lease_until=0))
+            [taken] = rt.store.claim("other-worker", lease_seconds=60, target="hubspot", limit=1)
             assert taken.message_id == "m1"
         return real_media(event, d)
 

@@ -88,7 +88,8 @@ class Pipeline:
 
     def process(self, d: Delivery) -> str:
         """Deliver one delivery with ``writer.deliver`` and record its outcome."""
-        prepared = self._prepare(d)
+        with self._leases_kept([d]):  # fetching its media may outlast a lease
+            prepared = self._prepare(d)
         if isinstance(prepared, BaseException):
             return self.record(d, prepared)
         event, writer, ctx = prepared
@@ -133,20 +134,17 @@ class Pipeline:
         dead-letters alone."""
         states: list[str | None] = [None] * len(batch)
         items, where = [], []
-        lease = self.config.worker.lease_seconds
-        renewed = time.monotonic()
-        for i, d in enumerate(batch):
-            if time.monotonic() - renewed > lease / 3:
-                # Preparing a whole batch (media fetches) can take longer than one lease:
-                # keep the batch's leases alive while we work, or nobody ever writes it.
-                self.store.renew_leases(batch, lease)
-                renewed = time.monotonic()
-            prepared = self._prepare(d)
-            if isinstance(prepared, BaseException):
-                states[i] = self.record(d, prepared)
-            else:
-                items.append(prepared)
-                where.append(i)
+        # Preparing a batch (media fetches) can take longer than a lease, even for one of its
+        # deliveries: the leases are kept alive meanwhile, or they would be swept and taken
+        # over, and nobody would ever write them.
+        with self._leases_kept(batch):
+            for i, d in enumerate(batch):
+                prepared = self._prepare(d)
+                if isinstance(prepared, BaseException):
+                    states[i] = self.record(d, prepared)
+                else:
+                    items.append(prepared)
+                    where.append(i)
         if items:
             writer = items[0][1]
             try:
