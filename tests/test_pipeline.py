@@ -194,12 +194,14 @@ def test_a_worker_that_outlived_its_lease_does_not_write_what_another_worker_too
     rt = only_hubspot(make_runtime, w)
     ingest(rt, "sms_received")
     [slow] = rt.store.claim("slow-worker", lease_seconds=60)
-    later = time.time() + 61
     real_media = rt.pipeline.media
 
     def slow_media(event, d):
         rt.pipeline.media = real_media
-        [taken] = rt.store.claim("other-worker", lease_seconds=60, now=later)  # the lease ran out
+        # The lease ran out (the slow worker stalled and its renewals failed)...
+        with rt.store.engine.begin() as conn:
+            conn.execute(deliveries.update().values(lease_until=0))
+        [taken] = rt.store.claim("other-worker", lease_seconds=60)  # ...and another worker took it
         rt.pipeline.process(taken)
         return real_media(event, d)
 
