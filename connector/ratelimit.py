@@ -156,6 +156,8 @@ def acquire_together(first, second, cost: float = 1) -> float:
     Taking one, then the other, would charge the first at a time the call does not go:
     a search that then waits out a backlog of the 10-second bucket leaves at that bucket's
     pace, back to back with the other searches that waited, over the search limit."""
+    if first is second:
+        return first.acquire(cost) or 0.0
     if isinstance(first, TokenBucket) and isinstance(second, TokenBucket):
         locks = sorted((first.lock, second.lock), key=id)
         with locks[0], locks[1]:

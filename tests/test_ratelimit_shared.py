@@ -168,3 +168,10 @@ def test_a_search_on_a_bucket_without_a_shared_store_takes_one_token_then_the_ot
     api = HubSpotApi(cfg.hubspot, bucket=Bucket("10s"), search_bucket=Bucket("search"))
     api.call(lambda **kw: None, search=True)
     assert taken == ["search", "10s"]
+
+
+def test_one_bucket_given_for_both_is_taken_from_once():
+    from connector.ratelimit import acquire_together
+    clock = Clock()
+    one = TokenBucket(1, per=1, capacity=1, clock=clock, sleep=clock.sleep)
+    assert acquire_together(one, one) == 0 and acquire_together(one, one) == 1.0  # no deadlock, one token each
