@@ -96,7 +96,15 @@ class FetchPolicy:
 
 
 def is_public(ip: IPAddress) -> bool:
-    """A globally routable unicast address."""
+    """A globally routable unicast address; an IPv6 one that carries an IPv4 address
+    (6to4 2002::/16, Teredo, mapped) only if that one is too, and never a site-local one
+    (fec0::/10, deprecated but still routed by some networks)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:
+            return False
+        inner = ip.sixtofour or ip.ipv4_mapped or (ip.teredo[1] if ip.teredo else None)
+        if inner is not None and not is_public(inner):
+            return False
     return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
                 or ip.is_reserved or ip.is_unspecified or not ip.is_global)
 

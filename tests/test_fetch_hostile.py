@@ -266,3 +266,15 @@ def test_send_api_holds_its_thread_no_longer_than_total_timeout(serve, ort):
     assert r.status_code == 422
     assert r.get_json()["validation"]["attachments"][0]["detail"] == (
         f"timeout: download of http://127.0.0.1:{port}/a.png took too long")
+
+
+@pytest.mark.parametrize("address, public", [
+    ("2002:7f00:1::1", False),  # 6to4 carrying 127.0.0.1
+    ("2002:a00:1::1", False),  # 6to4 carrying 10.0.0.1
+    ("fec0::1", False),  # site-local, deprecated but still routed by some networks
+    ("2002:808:808::1", True),  # 6to4 carrying 8.8.8.8
+    ("2606:4700:4700::1111", True),
+])
+def test_ipv6_addresses_carrying_a_private_ipv4_one_are_not_public(address, public):
+    from connector.fetch import is_public
+    assert is_public(ipaddress.ip_address(address)) is public
