@@ -4,7 +4,7 @@ Everything runs on loopback, bounded in time (about five minutes with the defaul
 
 1. ingest: authenticated Aircall MMS webhooks per second (each with its own message id,
    each committed before its 200, logging at its shipped default) under README's
-   ``gunicorn -w 2 --threads 8 --worker-tmp-dir /dev/shm connector.web.wsgi:app``,
+   ``gunicorn -w 2 -k gevent --worker-tmp-dir /dev/shm connector.web.wsgi:app``,
    against ``bench/bare_app.py`` (a Flask endpoint that only returns 200) under the same
    gunicorn settings (``--gunicorn "-w 2"`` for sync workers), both driven by wrk
    (``apt-get install wrk``; a threaded Python client when wrk is missing), in rounds that
@@ -22,7 +22,7 @@ Everything runs on loopback, bounded in time (about five minutes with the defaul
 4. time to drain 1,000 events through real workers into a fake HubSpot that answers in
    100 ms and enforces 100 requests per rolling 10 s (bench/drain.py).
 
-    python bench/throughput.py [--duration 6] [--rounds 5] [--rate 200] [--gunicorn "-w 2 --threads 8 --worker-tmp-dir /dev/shm"]
+    python bench/throughput.py [--duration 6] [--rounds 5] [--rate 200] [--gunicorn "-w 2 -k gevent --worker-tmp-dir /dev/shm"]
                                [--log-level INFO] [--skip ingest,latency,calls,drain]
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ TOKEN = "bench-token"
 PG_URL = os.environ.get("CONNECTOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CONNECTOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # README's settings; the heartbeat file on tmpfs where there is one (README: Scaling out).
-DEFAULT_GUNICORN = "-w 2 --threads 8" + (" --worker-tmp-dir /dev/shm" if os.path.isdir("/dev/shm") else "")
+DEFAULT_GUNICORN = "-w 2 -k gevent" + (" --worker-tmp-dir /dev/shm" if os.path.isdir("/dev/shm") else "")
 CREATED: list[str] = []  # databases this run made, dropped after each section whatever happens
 
 WRK_SCRIPT = r"""
@@ -129,7 +129,7 @@ class Gunicorn:
         """Established client connections held by each web process, fewest first (Linux
         /proc; None elsewhere). gunicorn lets whichever process wakes first accept, so wrk's
         keep-alive connections can all land on one of them, which then does all the work
-        under one GIL while the other idles."""
+        on one core (with --threads, under one GIL) while the other idles."""
         port = f":{self.port:04X}"
         try:
             inodes = set()
@@ -373,8 +373,8 @@ def ingest(duration: float, rounds: int, workdir: Path) -> None:
           "  PostgreSQL when used, share the same cores. Stored counts every acknowledged event\n"
           "  plus the few wrk cut off after they were committed. Connections: how gunicorn's\n"
           "  processes shared wrk's keep-alive connections in each round, read a third of the way\n"
-          "  in; a round where one process holds nearly all of them runs on one GIL and is slow\n"
-          "  for either app, the connector more, so that split moves a round's ratio most)")
+          "  in; a round where one process holds nearly all of them runs on one core and is slow\n"
+          "  for either app, with --threads the connector more, so that split can move a round's ratio)")
 
 
 def report(servers: list, runs: dict[str, list[dict]]) -> None:

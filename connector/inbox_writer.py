@@ -11,6 +11,10 @@ about ten) is most of an event's, so while other requests of the process are bei
 answered the writer waits up to ``store.commit_delay`` for them to join (as
 PostgreSQL's commit_delay and commit_siblings); a lone request writes at once.
 
+Under gevent (gunicorn ``-k gevent``, README's setting) requests of a process take turns
+on one thread and are never in flight together: the writer yields once instead, so those
+that arrived meanwhile read their bodies and queue their events first (cooperative.py).
+
 The statements are plain SQL run on a DB-API connection the writer keeps: on this path
 SQLAlchemy's per-execution bookkeeping cost more than the insert itself. Their column
 lists are the tables' (tests/test_inbox_writer.py fails if a column is added without
@@ -19,6 +23,7 @@ them).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -27,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from . import store as st
+from . import cooperative, store as st
 
 log = logging.getLogger("connector.webhooks")
 
@@ -53,12 +58,26 @@ class _Slot:
     wake: threading.Lock = field(default_factory=threading.Lock)
 
 
-# SQLite: one multi-row INSERT per table and batch (rows appended per batch size).
+# SQLite: a batch is one multi-row INSERT (rows appended per batch size), its own
+# transaction; a TEMP trigger, which only the writer's connection has, queues each new
+# row's deliveries inside it. One statement instead of four (BEGIN, two INSERTs, COMMIT):
+# each is a round through the sqlite3 module, and the write lock is held meanwhile.
 SQLITE_INBOX = f"INSERT INTO inbox ({', '.join(INBOX_COLUMNS)}) VALUES "
 SQLITE_INBOX_ROW = f"({', '.join('?' * len(INBOX_COLUMNS))})"
-SQLITE_DELIVERIES = f"INSERT INTO deliveries ({', '.join(DELIVERY_COLUMNS)}) VALUES "
-SQLITE_DELIVERY_ROW = f"({', '.join('?' * len(DELIVERY_COLUMNS))})"
+SQLITE_TRIGGER = "temp.queue_deliveries"
 MAX_BATCH = 500  # events per transaction: far below SQLite's 32,766 bound parameters
+
+
+def _sqlite_trigger(targets: tuple[str, ...]) -> str:
+    """The TEMP trigger that queues a delivery per target for each inbox row made (not for
+    a duplicate: ON CONFLICT DO NOTHING makes no row, so the trigger does not fire)."""
+    def literal(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    rows = "; ".join(
+        f"INSERT INTO deliveries ({', '.join(DELIVERY_COLUMNS)}) VALUES (NEW.id, {literal(target)},"
+        f" NEW.message_id, {literal(st.PENDING)}, 0, NEW.received_at, NEW.received_at)" for target in targets)
+    return f"CREATE TEMP TRIGGER queue_deliveries AFTER INSERT ON main.inbox BEGIN {rows}; END"
 
 # PostgreSQL: the whole batch in one statement that is its own transaction, its rows as
 # one JSON parameter: the driver's per-statement and per-parameter costs (which exceed the
@@ -95,6 +114,7 @@ class InboxWriter:
         self._writing = False
         self._conn = None  # the pooled DB-API connection this writer keeps checked out
         self._conn_pid = 0
+        self._trigger_targets = None  # SQLite: the targets the kept connection's trigger queues
         self._window = 0.0
         self._others = lambda: 0  # requests of this process being answered besides the caller
         self._joined = threading.Event()  # set when as many events are queued as were awaited
@@ -159,6 +179,14 @@ class InboxWriter:
     def _await_company(self) -> None:
         if self._window <= 0:
             return
+        if cooperative.active():
+            # Greenlets: the requests that arrived meanwhile run when this one yields, and
+            # each queues its event before it waits; yield until no more come.
+            seen = -1
+            while len(self._queue) != seen and len(self._queue) < MAX_BATCH:
+                seen = len(self._queue)
+                cooperative.yield_now()
+            return
         others = self._others()
         if others <= 0:
             return
@@ -206,29 +234,36 @@ class InboxWriter:
             slot.inbox_id, slot.error = inbox_id, None
 
     def _insert_sqlite(self, conn, batch: list[_Slot]) -> list[int | None]:
-        # One multi-row statement per table: every sqlite3 call lets other threads take the
-        # GIL, and the writer holds the write lock until it gets it back.
         self._checkpointer.ensure_running()
-        now = time.time()
+        # Every event of a process names the same targets (they come from its config); should
+        # a batch mix them, each run is one statement and the batch one explicit transaction.
+        runs = [list(run) for _, run in itertools.groupby(batch, key=lambda slot: slot.targets)]
         cur = conn.cursor()
         try:
-            cur.execute("BEGIN IMMEDIATE")
-            cur.execute(SQLITE_INBOX + ", ".join([SQLITE_INBOX_ROW] * len(batch))
-                        + " ON CONFLICT (dedup_key) DO NOTHING", [v for slot in batch for v in slot.row])
-            new = self._new_ids(cur, batch)
-            ids, queued = [], []
-            for slot in batch:
-                inbox_id = new.pop(slot.row[0], None)  # a key twice in one batch: the first wins
-                ids.append(inbox_id)
-                if inbox_id is not None:
-                    for target in slot.targets:
-                        queued += (inbox_id, target, slot.row[2], st.PENDING, 0, now, now)
-            if queued:
-                cur.execute(SQLITE_DELIVERIES + ", ".join([SQLITE_DELIVERY_ROW] * (len(queued) // 7)), queued)
-            conn.commit()
+            if len(runs) > 1:
+                cur.execute("BEGIN IMMEDIATE")
+            ids = []
+            for run in runs:
+                self._queue_deliveries_for(cur, run[0].targets)
+                cur.execute(SQLITE_INBOX + ", ".join([SQLITE_INBOX_ROW] * len(run))
+                            + " ON CONFLICT (dedup_key) DO NOTHING", [v for slot in run for v in slot.row])
+                new = self._new_ids(cur, run)
+                ids += [new.pop(slot.row[0], None) for slot in run]  # a key twice: the first wins
+            if len(runs) > 1:
+                conn.commit()
             return ids
         finally:
             cur.close()
+
+    def _queue_deliveries_for(self, cur, targets: tuple[str, ...]) -> None:
+        """Make the kept connection's trigger queue deliveries for ``targets``."""
+        if self._trigger_targets == targets:
+            return
+        cur.execute(f"DROP TRIGGER IF EXISTS {SQLITE_TRIGGER}")
+        self._trigger_targets = ()
+        if targets:
+            cur.execute(_sqlite_trigger(targets))
+            self._trigger_targets = targets
 
     @staticmethod
     def _new_ids(cur, batch: list[_Slot]) -> dict[str, int]:
@@ -265,10 +300,12 @@ class InboxWriter:
         if self._conn is None or self._conn_pid != os.getpid():
             self._conn = self.store.engine.raw_connection()
             self._conn_pid = os.getpid()
+            self._trigger_targets = None
         return self._conn
 
     def _discard(self, conn, exc: BaseException | None) -> None:
         """Roll back; a connection that broke goes back to the pool invalidated."""
+        self._trigger_targets = None  # a rollback may have taken its trigger with it
         try:
             conn.rollback()
             return
@@ -285,7 +322,9 @@ class InboxWriter:
             time.sleep(0.01)  # a write under way finishes on the connection first
         with self._mutex:
             if self._conn is not None and self._conn_pid == os.getpid():
-                if not self.sqlite:
+                if self.sqlite:
+                    self._conn.invalidate()  # closed: its trigger must not serve the pool's other users
+                else:
                     try:  # back to the pool as the pool's other users expect it: transactional
                         self._conn.driver_connection.autocommit = False
                     except Exception as exc:

@@ -28,6 +28,8 @@ import sqlite3
 import threading
 import time
 
+from . import cooperative
+
 log = logging.getLogger("connector.store")
 
 BACKSTOP_PAGES = 10_000  # PRAGMA wal_autocheckpoint on our connections (SQLite's default: 1,000)
@@ -101,6 +103,8 @@ class Checkpointer:
                 if conn is None:
                     conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                     conn.execute("PRAGMA synchronous=NORMAL")  # as the store's connections
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                # Under gevent on a real thread: the copy and its sync would stop every
+                # request of the process meanwhile.
+                cooperative.off_loop(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
             except Exception as exc:  # busy with another process's checkpoint, or worse: next time
                 log.debug("WAL checkpoint skipped: %s", exc)

@@ -275,3 +275,71 @@ def test_one_log_line_per_transaction_names_every_event_stored(store, caplog):
                                           for m in ("l1", "l2")]
     assert alone == f"stored aircall message.received message alone as event {max(results['l1'], results['l2']) + 1}"
     assert w._queue == []
+
+
+def _slot(key: str, targets: tuple[str, ...]) -> _Slot:
+    return _Slot((key, "aircall", key, "message.received", "received", "inbound", "+15550000001",
+                  1.0, 1.0, "{}"), targets)
+
+
+def test_each_event_gets_the_deliveries_of_its_own_targets_within_and_across_batches(store):
+    """SQLite queues deliveries through a trigger on the writer's connection, remade when
+    the targets change; a batch that mixes targets (a process whose config changed) is
+    still one transaction, each event with its own."""
+    w = writer(store)
+    both, hub, none = ("hubspot", "salesforce"), ("hubspot",), ()
+    first = [_slot("a1", hub), _slot("a2", hub), _slot("a1", hub)]
+    mixed = [_slot("b1", both), _slot("b2", none), _slot("a2", both), _slot("b3", hub), _slot("b4", hub)]
+    w._commit(first)
+    w._commit(mixed)
+    w._commit([_slot("c1", both)])
+    assert first[2].inbox_id is None and mixed[2].inbox_id is None  # duplicates: no row, no delivery
+    with store.read() as conn:
+        made = conn.execute(select(deliveries.c.inbox_id, deliveries.c.target, deliveries.c.message_id,
+                                   deliveries.c.state, deliveries.c.attempts)).all()
+        rows = dict(conn.execute(select(inbox.c.message_id, inbox.c.id)).all())
+    by_message = {}
+    for inbox_id, target, message_id, state, attempts in made:
+        assert rows[message_id] == inbox_id and (state, attempts) == ("pending", 0)
+        by_message.setdefault(message_id, set()).add(target)
+    assert by_message == {"warm-up": set(both), "a1": {"hubspot"}, "a2": {"hubspot"}, "b1": set(both),
+                          "b3": {"hubspot"}, "b4": {"hubspot"}, "c1": set(both)}
+    assert {s.row[0]: s.inbox_id for s in first[:2] + mixed if s.inbox_id} == {
+        k: rows[k] for k in ("a1", "a2", "b1", "b2", "b3", "b4")}
+
+
+def test_a_failed_mixed_batch_leaves_nothing_and_the_next_write_queues_deliveries(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    s.create_schema()
+    try:
+        w = writer(s)
+        bad = _Slot(("x2", None, "x2", "message.received", "received", "inbound", "+1", 1.0, 1.0, "{}"), ())
+        with pytest.raises(Exception, match="provider"):
+            w._commit([_slot("x1", ("hubspot",)), bad])  # the second run fails: the first is undone
+        assert counts(s) == (1, 2)  # the warm-up only
+        w._commit([_slot("x3", ("hubspot", "salesforce"))])
+        assert counts(s) == (2, 4)
+    finally:
+        s.close()
+
+
+def test_the_sqlite_writers_connection_is_closed_with_its_trigger_not_pooled(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    s.create_schema()
+    try:
+        w = writer(s)
+        kept = w._conn.driver_connection
+        assert kept.execute("SELECT name FROM sqlite_temp_master WHERE type = 'trigger'").fetchall() == [
+            ("queue_deliveries",)]
+        w.close()
+        with pytest.raises(Exception, match="closed"):
+            kept.execute("SELECT 1")
+        # Whatever the pool hands out next has no trigger: a plain insert queues nothing.
+        with s.engine.begin() as conn:
+            conn.execute(inbox.insert().values(
+                dedup_key="plain", provider="aircall", message_id="plain", event="message.received",
+                status="received", direction="inbound", external="+1", received_at=1.0, occurred_at=1.0,
+                payload="{}"))
+        assert counts(s) == (2, 2)
+    finally:
+        s.close()

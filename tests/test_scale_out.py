@@ -30,7 +30,7 @@ def _answers(url: str, proc) -> bool:
         return False
 
 
-README_GUNICORN = ("-w", "2", "--threads", "8") + (("--worker-tmp-dir", "/dev/shm") if os.path.isdir("/dev/shm") else ())
+README_GUNICORN = ("-w", "2", "-k", "gevent") + (("--worker-tmp-dir", "/dev/shm") if os.path.isdir("/dev/shm") else ())
 
 
 @contextlib.contextmanager

@@ -111,14 +111,15 @@ def test_a_store_that_fails_answers_500_logs_why_and_counts_an_error(make_runtim
     assert value(scrape(client), "mms_connector_webhooks_total", endpoint=HOOK, result="error") == 1
 
 
-def test_under_gunicorn_chunked_bodies_and_lengths_are_read_as_sent(tmp_path):
+@pytest.mark.parametrize("worker", [("--threads", "4"), ("-k", "gevent")], ids=["threads", "gevent"])
+def test_under_gunicorn_chunked_bodies_and_lengths_are_read_as_sent(tmp_path, worker):
     """The real server: a chunked webhook is stored, a chunked one over the limit is a 413
     with nothing stored, and a request cut short is a 400, never a hang or a 500."""
     data = base_config(tmp_path, server={"max_body_bytes": 4096})
     path = write_config(tmp_path / "c.yaml", data)
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "4", "-b",
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "1", *worker, "-b",
                              f"127.0.0.1:{port}", "connector.web.wsgi:app"], cwd=ROOT, stdout=log, stderr=log,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "MMS_CONNECTOR_CONFIG": str(path)})
     base = f"http://127.0.0.1:{port}"
