@@ -89,12 +89,15 @@ class Gunicorn:
     """gunicorn (``--gunicorn``, the same for both apps) on a free loopback port."""
 
     args: list[str] = DEFAULT_GUNICORN.split()
+    log_dir: Path | None = None  # gunicorn's own warnings (a worker that died), per server
 
     def __init__(self, app: str, env: dict):
+        self.app = app
         self.port = free_port()
+        self.log = (self.log_dir or Path(tempfile.gettempdir())) / f"gunicorn-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", *self.args, "-b", f"127.0.0.1:{self.port}",
-             "--log-level", "warning", app],
+             "--log-level", "warning", "--error-logfile", str(self.log), app],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}", **env},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -108,6 +111,16 @@ class Gunicorn:
             except OSError:
                 time.sleep(0.1)
         raise SystemExit(f"{app} did not answer within 60 s")
+
+    def died(self) -> str | None:
+        """What gunicorn said before it exited, if it did (then no figure of it counts)."""
+        if self.proc.poll() is None:
+            return None
+        try:
+            said = self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            said = ""
+        return f"{self.app} (gunicorn) exited with {self.proc.returncode} during the run:\n{said}"
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU of the gunicorn workers so far (Linux /proc; None elsewhere)."""
@@ -180,6 +193,8 @@ def wrk_run(port: int, duration: float, workdir: Path) -> dict:
     out = subprocess.run(["wrk", "-t2", "-c16", f"-d{duration:.0f}s", "--latency", "-s", str(script),
                           f"http://127.0.0.1:{port}"], capture_output=True, text=True,
                          timeout=duration + 30).stdout
+    if "Requests/sec" not in out:
+        raise RuntimeError(f"wrk printed no figures: {out.strip()[-500:]!r}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -322,7 +337,12 @@ def measured(server: Gunicorn, load, duration: float, workdir: Path) -> dict:
     look = threading.Timer(min(2.0, duration / 3), lambda: split.append(server.connection_split()))
     before = server.cpu_seconds()
     look.start()
-    r = load(server.port, duration, workdir)
+    try:
+        r = load(server.port, duration, workdir)
+    except Exception:
+        if server.died():
+            raise SystemExit(server.died()) from None
+        raise
     after = server.cpu_seconds()
     look.join()
     r["split"] = split[0] if split else None
@@ -459,6 +479,10 @@ def latency(rate: float, seconds: float, workdir: Path) -> None:
         server = Gunicorn(app, env)
         try:
             lat = fixed_rate(server.port, rate, seconds)
+        except OSError:
+            if server.died():
+                raise SystemExit(server.died()) from None
+            raise
         finally:
             server.stop()
         print(f"  {label:<50}p50 {pct(lat, 50) * 1000:6.1f} ms   p99 {pct(lat, 99) * 1000:6.1f} ms"
@@ -504,6 +528,7 @@ def main() -> None:
     print(f"mms-crm-connector throughput bench, {os.cpu_count()} CPUs, loopback only")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        Gunicorn.log_dir = workdir
         try:
             if "ingest" not in skip:
                 ingest(args.duration, args.rounds, workdir)
