@@ -7,9 +7,10 @@ then need saying explicitly:
 
 - a greenlet runs until it blocks, so requests that arrived together are read one after
   another, never "in flight" at once: the webhook's group commit (inbox_writer.py) yields
-  once before writing so that they can join its transaction;
-- a C call that blocks (a SQLite WAL checkpoint, which syncs the database file) stops
-  every request of the process meanwhile: ``off_loop`` runs it on a real thread.
+  before writing, until no more queue, so that they can join its transaction;
+- a C call that blocks (a SQLite WAL checkpoint, which syncs the database file; a wait for
+  another process's write lock) stops every request of the process meanwhile: ``off_loop``
+  runs it on a real thread.
 """
 from __future__ import annotations
 

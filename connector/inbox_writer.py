@@ -12,8 +12,8 @@ answered the writer waits up to ``store.commit_delay`` for them to join (as
 PostgreSQL's commit_delay and commit_siblings); a lone request writes at once.
 
 Under gevent (gunicorn ``-k gevent``, README's setting) requests of a process take turns
-on one thread and are never in flight together: the writer yields once instead, so those
-that arrived meanwhile read their bodies and queue their events first (cooperative.py).
+on one thread and are never in flight together: the writer yields instead, until those
+that arrived meanwhile have read their bodies and queued their events (cooperative.py).
 
 The statements are plain SQL run on a DB-API connection the writer keeps: on this path
 SQLAlchemy's per-execution bookkeeping cost more than the insert itself. Their column
@@ -66,6 +66,7 @@ SQLITE_INBOX = f"INSERT INTO inbox ({', '.join(INBOX_COLUMNS)}) VALUES "
 SQLITE_INBOX_ROW = f"({', '.join('?' * len(INBOX_COLUMNS))})"
 SQLITE_TRIGGER = "temp.queue_deliveries"
 MAX_BATCH = 500  # events per transaction: far below SQLite's 32,766 bound parameters
+_INHERITED: list = []  # writers' connections made before a fork (InboxWriter._keep_inherited)
 
 
 def _sqlite_trigger(targets: tuple[str, ...]) -> str:
@@ -298,10 +299,20 @@ class InboxWriter:
     def _connection(self):
         # After a fork the parent's connection is the parent's: never share a socket.
         if self._conn is None or self._conn_pid != os.getpid():
+            self._keep_inherited()
             self._conn = self.store.engine.raw_connection()
             self._conn_pid = os.getpid()
             self._trigger_targets = None
         return self._conn
+
+    def _keep_inherited(self) -> None:
+        """A connection made before a fork is kept, unused, for the life of this process:
+        dropped, it would go back to this process's pool (with its SQLite trigger, which
+        would queue deliveries for any other insert), and closed, it would let go of
+        SQLite's locks, which belong to the process, not to one connection."""
+        if self._conn is not None and self._conn_pid != os.getpid():
+            _INHERITED.append(self._conn)
+            self._conn = None
 
     def _discard(self, conn, exc: BaseException | None) -> None:
         """Roll back; a connection that broke goes back to the pool invalidated."""
@@ -321,7 +332,8 @@ class InboxWriter:
         while self._writing and time.monotonic() < deadline:
             time.sleep(0.01)  # a write under way finishes on the connection first
         with self._mutex:
-            if self._conn is not None and self._conn_pid == os.getpid():
+            self._keep_inherited()
+            if self._conn is not None:
                 if self.sqlite:
                     self._conn.invalidate()  # closed: its trigger must not serve the pool's other users
                 else:

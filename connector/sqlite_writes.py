@@ -62,7 +62,13 @@ class WriteLock:
         try:
             fd = self._file()
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    # Held by another process. Under gevent the wait goes to a native thread,
+                    # or every request of this process would stop with it (the mutex above
+                    # already lets one greenlet of the process through).
+                    cooperative.off_loop(fcntl.flock, fd, fcntl.LOCK_EX)
         except BaseException:
             self._mutex.release()
             raise

@@ -451,7 +451,7 @@ class Store:
 
     def release(self, d: Delivery) -> None:
         """Give a claimed delivery back untouched (its lease only)."""
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             conn.execute(update(deliveries).where(
                 deliveries.c.id == d.id, deliveries.c.lease_owner == d.lease_owner).values(
                 lease_until=None, lease_owner=None))
@@ -697,7 +697,7 @@ class Store:
         is changed: replay is idempotent), or None when there is no such delivery.
         """
         now = now or time.time()
-        with self.engine.begin() as conn:
+        with self.write() as conn:
             res = conn.execute(update(deliveries).where(
                 deliveries.c.id == delivery_id, deliveries.c.state == DEAD).values(
                 state=PENDING, attempts=0, last_error=None, next_at=now, lease_until=None,

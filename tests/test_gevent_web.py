@@ -138,3 +138,34 @@ def _up(base: str) -> bool:
         return requests.get(base + "/healthz", timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_a_write_waiting_for_another_process_s_lock_leaves_the_other_requests_running(tmp_path):
+    """While another process (a worker, the CLI, the other web process) holds the store's
+    write lock, a webhook's write waits for it on a native thread: the process's other
+    greenlets (other requests, /healthz) go on meanwhile."""
+    out = run_python(f"""
+        from gevent import monkey
+        monkey.patch_all()
+        import subprocess, sys, time, gevent
+        from connector.store import Store
+        s = Store("sqlite:///{tmp_path / 's.db'}")
+        s.create_schema()
+        def ingest(mid):
+            return s.ingest(dedup_key=mid, provider="aircall", message_id=mid, event_name="message.received",
+                            status="received", direction="inbound", external="+1", occurred_at=1.0,
+                            payload="{{}}", targets=("hubspot",))
+        ingest("warm-up")
+        hold = ("import fcntl, os, time; fd = os.open({str(tmp_path / 's.db.lock')!r}, os.O_RDWR | os.O_CREAT); "
+                "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1)")
+        holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE)
+        holder.stdout.readline()
+        ticks = []
+        ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(1000)])
+        start = time.monotonic()
+        new_id = gevent.spawn(ingest, "during-hold").get()
+        waited = time.monotonic() - start
+        ticker.kill(); holder.wait()
+        print(new_id, waited > 0.5, len(ticks) >= 0.5 * waited / 0.01)
+    """)
+    assert out.split() == ["2", "True", "True"]

@@ -343,3 +343,51 @@ def test_the_sqlite_writers_connection_is_closed_with_its_trigger_not_pooled(tmp
         assert counts(s) == (2, 2)
     finally:
         s.close()
+
+
+def test_after_a_fork_the_parents_connection_never_serves_the_child(tmp_path):
+    """A writer's connection made before a fork (with its SQLite trigger) is kept aside in
+    the child: not returned to the child's pool, where an outbound send's own insert would
+    get the trigger's deliveries on top of its own (a UNIQUE failure), and not closed."""
+    import os
+
+    s = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    s.create_schema()
+    try:
+        ingest(s, "parent")
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, never return into pytest
+            code = 1
+            try:
+                ingest(s, "child")
+                import gc
+                gc.collect()
+                held = [s.engine.raw_connection() for _ in range(6)]  # every idle one, and more
+                triggers = [c.driver_connection.execute(
+                    "SELECT name FROM sqlite_temp_master WHERE type = 'trigger'").fetchall() for c in held]
+                for c in held:
+                    c.close()
+                assert triggers == [[]] * 6, triggers
+                for i in range(3):
+                    with s.write() as conn:
+                        s._ingest(conn, dedup_key=f"out{i}", provider="aircall", message_id=f"out{i}",
+                                  event_name="message.sent", status="sent", direction="outbound",
+                                  external="+1", occurred_at=1.0, payload="{}", targets=("hubspot",))
+                os.write(write_end, b"ok")
+                code = 0
+            except BaseException as exc:
+                os.write(write_end, repr(exc).encode()[:500])
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        _, status = os.waitpid(pid, 0)
+        said = os.read(read_end, 1000).decode()
+        assert (said, status) == ("ok", 0)
+        with s.read() as conn:
+            made = conn.execute(select(deliveries.c.message_id, func.count()).group_by(
+                deliveries.c.message_id)).all()
+        assert dict(made) == {"parent": 2, "child": 2, "out0": 1, "out1": 1, "out2": 1}
+        assert ingest(s, "parent-again") is not None  # the parent's writer still works
+    finally:
+        s.close()
