@@ -2,7 +2,7 @@
 
 gevent's monkey-patching turns threads into greenlets that take turns on one OS thread:
 no GIL handed between threads, no kernel context switch per request (measured here,
-bench/throughput.py: 6 per webhook with ``--threads 8``, none with gevent). Two things
+bench/throughput.py: about 6 per webhook with ``--threads 8``, under 0.3 with gevent). Two things
 then need saying explicitly:
 
 - a greenlet runs until it blocks, so requests that arrived together are read one after
