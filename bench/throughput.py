@@ -122,6 +122,15 @@ class Gunicorn:
             said = ""
         return f"{self.app} (gunicorn) exited with {self.proc.returncode} during the run:\n{said}"
 
+    def load(self, fn, *args):
+        """``fn(port, *args)``; should it fail because gunicorn exited, that is the error."""
+        try:
+            return fn(self.port, *args)
+        except Exception:
+            if self.died():
+                raise SystemExit(self.died()) from None
+            raise
+
     def cpu_seconds(self) -> float | None:
         """User + system CPU of the gunicorn workers so far (Linux /proc; None elsewhere)."""
         try:
@@ -337,12 +346,7 @@ def measured(server: Gunicorn, load, duration: float, workdir: Path) -> dict:
     look = threading.Timer(min(2.0, duration / 3), lambda: split.append(server.connection_split()))
     before = server.cpu_seconds()
     look.start()
-    try:
-        r = load(server.port, duration, workdir)
-    except Exception:
-        if server.died():
-            raise SystemExit(server.died()) from None
-        raise
+    r = server.load(load, duration, workdir)
     after = server.cpu_seconds()
     look.join()
     r["split"] = split[0] if split else None
@@ -495,11 +499,7 @@ def latency(rate: float, seconds: float, workdir: Path) -> None:
             for label, store_url, queue_url in stores(workdir, "latency")]:
         server = Gunicorn(app, env)
         try:
-            lat = fixed_rate(server.port, rate, seconds)
-        except OSError:
-            if server.died():
-                raise SystemExit(server.died()) from None
-            raise
+            lat = server.load(fixed_rate, rate, seconds)
         finally:
             server.stop()
         print(f"  {label:<50}p50 {pct(lat, 50) * 1000:6.1f} ms   p99 {pct(lat, 99) * 1000:6.1f} ms"
