@@ -77,12 +77,18 @@ def test_207_fails_only_the_refused_record(live, hub):
     assert hub.calls("POST", "/crm/v3/objects/communications/search") == []
 
 
-def test_status_burst_is_one_batch_update_and_a_missing_entry_fails_alone(live, hub):
+def three_sent(live, hub):
+    """Three known contacts, a message sent to each and logged in HubSpot: (runtime, writer)."""
     for i in range(3):
         hub.add_contact(phone=f"+1415555{i:04d}")
     rt = live()
     writer = rt.pipeline.writers["hubspot"]
     writer.deliver_many(items(rt, 3, 3, fixture="message_sent"))
+    return rt, writer
+
+
+def test_status_burst_is_one_batch_update_and_a_missing_entry_fails_alone(live, hub):
+    rt, writer = three_sent(live, hub)
     gone = rt.store.get_record("hubspot", "burst0002")["object_id"]
     del hub.comms[gone]  # a rep deleted it in HubSpot
     results = writer.deliver_many(items(rt, 3, 3, fixture="status_delivered"))
@@ -115,11 +121,7 @@ def _answer_update_without(hub, refused: str, error: dict | None):
 
 
 def test_a_207_update_error_that_names_its_record_by_id_fails_that_record(live, hub):
-    for i in range(3):
-        hub.add_contact(phone=f"+1415555{i:04d}")
-    rt = live()
-    writer = rt.pipeline.writers["hubspot"]
-    writer.deliver_many(items(rt, 3, 3, fixture="message_sent"))
+    rt, writer = three_sent(live, hub)
     refused = rt.store.get_record("hubspot", "burst0002")["object_id"]
     _answer_update_without(hub, refused, {"status": "error", "category": "VALIDATION_ERROR", "id": refused,
                                           "message": "Property values were not valid", "context": {}})
@@ -131,11 +133,7 @@ def test_a_207_update_error_that_names_its_record_by_id_fails_that_record(live, 
 
 
 def test_a_record_a_207_update_answer_does_not_mention_is_retried_not_taken_as_updated(live, hub):
-    for i in range(3):
-        hub.add_contact(phone=f"+1415555{i:04d}")
-    rt = live()
-    writer = rt.pipeline.writers["hubspot"]
-    writer.deliver_many(items(rt, 3, 3, fixture="message_sent"))
+    rt, writer = three_sent(live, hub)
     missing = rt.store.get_record("hubspot", "burst0001")["object_id"]
     _answer_update_without(hub, missing, None)
     results = writer.deliver_many(items(rt, 3, 3, fixture="status_delivered"))
